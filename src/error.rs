@@ -1,0 +1,168 @@
+//! The one public error type and its stable kinds.
+
+use std::fmt;
+
+/// What went wrong, as a stable, machine-readable kind.
+///
+/// The strings returned by [`ErrorKind::as_str`] are part of the public contract: the CLI prints
+/// them, operators alert on them and tests assert them. New kinds may be added (the enum is
+/// `#[non_exhaustive]`), existing strings never change.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The token is missing, not an iam token, expired, malformed, or uses an unsupported rule.
+    TokenInvalid,
+    /// The forwarded bytes are not a well-formed, expected `GetCallerIdentity` request.
+    MalformedRequest,
+    /// The signed host is not an allowed STS endpoint under the endpoint policy.
+    UntrustedEndpoint,
+    /// The challenge header is missing, duplicated, unsigned, or holds a different value.
+    ChallengeMismatch,
+    /// `X-Amz-Date` is outside the allowed clock skew around `now`.
+    RequestExpired,
+    /// STS refused the credentials or the signature (a 4xx error response).
+    SignatureRejected,
+    /// STS was unreachable, timed out, throttled, or answered 5xx. Retryable.
+    StsUnavailable,
+    /// STS answered 200 but the body is not exactly one consistent identity.
+    StsResponseInvalid,
+    /// The verified identity matches no allow rule of the token.
+    NotAllowed,
+    /// An AWS Organizations lookup failed.
+    LookupFailed,
+}
+
+impl ErrorKind {
+    /// The stable string for this kind, e.g. `"not_allowed"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::TokenInvalid => "token_invalid",
+            Self::MalformedRequest => "malformed_request",
+            Self::UntrustedEndpoint => "untrusted_endpoint",
+            Self::ChallengeMismatch => "challenge_mismatch",
+            Self::RequestExpired => "request_expired",
+            Self::SignatureRejected => "signature_rejected",
+            Self::StsUnavailable => "sts_unavailable",
+            Self::StsResponseInvalid => "sts_response_invalid",
+            Self::NotAllowed => "not_allowed",
+            Self::LookupFailed => "lookup_failed",
+        }
+    }
+
+    /// Every kind, in documentation order.
+    pub const ALL: [ErrorKind; 10] = [
+        Self::TokenInvalid,
+        Self::MalformedRequest,
+        Self::UntrustedEndpoint,
+        Self::ChallengeMismatch,
+        Self::RequestExpired,
+        Self::SignatureRejected,
+        Self::StsUnavailable,
+        Self::StsResponseInvalid,
+        Self::NotAllowed,
+        Self::LookupFailed,
+    ];
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A problem found at a place in a token file (1-based line and column; 0 when unknown).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the offending YAML node, 0 when the location is unknown.
+    pub line: u64,
+    /// 1-based column of the offending YAML node, 0 when the location is unknown.
+    pub column: u64,
+    /// What is wrong, for an operator.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+/// Why verification refused, or why configuration could not be loaded.
+///
+/// `Display` is `"<kind>: <detail>"`: fixed text plus safe detail. It never contains a signature,
+/// a session token, a secret key or a whole `Authorization` value, and never a raw request or
+/// response body.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct Error {
+    kind: ErrorKind,
+    detail: String,
+    problems: Vec<Problem>,
+    retryable: Option<bool>,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self { kind, detail: detail.into(), problems: Vec::new(), retryable: None, source: None }
+    }
+
+    pub(crate) fn with_problems(mut self, problems: Vec<Problem>) -> Self {
+        self.problems = problems;
+        self
+    }
+
+    /// The stable kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The safe, human-readable detail (the `Display` text without the kind prefix).
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// For token files: every problem found, with line and column. Empty for other kinds.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// Whether retrying the same verification later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable.unwrap_or(matches!(self.kind, ErrorKind::StsUnavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_strings_are_stable() {
+        let strings: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            strings,
+            [
+                "token_invalid",
+                "malformed_request",
+                "untrusted_endpoint",
+                "challenge_mismatch",
+                "request_expired",
+                "signature_rejected",
+                "sts_unavailable",
+                "sts_response_invalid",
+                "not_allowed",
+                "lookup_failed",
+            ]
+        );
+    }
+
+    #[test]
+    fn display_is_kind_then_detail() {
+        let e = Error::new(ErrorKind::NotAllowed, "no rule matched");
+        assert_eq!(e.to_string(), "not_allowed: no rule matched");
+        assert!(!e.is_retryable());
+        assert!(Error::new(ErrorKind::StsUnavailable, "timeout").is_retryable());
+    }
+}

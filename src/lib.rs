@@ -1,0 +1,47 @@
+//! # iam-join
+//!
+//! Verify the AWS "iam" join method the way Teleport's Auth Service does: a joining agent proves
+//! its AWS IAM identity with a signed `sts:GetCallerIdentity` request, and the server decides
+//! whether that identity may use a provision token.
+//!
+//! This crate provides the pure parts: [`TokenSet`] parses Teleport `ProvisionToken` YAML into
+//! validated tokens whose allow rules are compiled into a [`RuleMatcher`], and [`Arn`] parses
+//! principal ARNs strictly.
+//!
+//! ```
+//! use iam_join::{Arn, TokenSet};
+//!
+//! let tokens = TokenSet::from_yaml(r#"
+//! kind: token
+//! version: v2
+//! metadata:
+//!   name: iam-token
+//! spec:
+//!   roles: [Kube, App, Discovery]
+//!   join_method: iam
+//!   allow:
+//!   - aws_account: "111111111111"
+//!   - aws_account: "333333333333"
+//!     aws_arn: "arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-*"
+//! "#)?;
+//! let token = tokens.get("iam-token").expect("token exists");
+//! let arn = Arn::parse("arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-0abc")?;
+//! assert_eq!(token.matcher().first_match(arn.account(), &arn), Some(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod arn;
+mod error;
+mod rules;
+mod token;
+
+pub use arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Service};
+pub use error::{Error, ErrorKind, Problem};
+pub use rules::{Check, Explanation, RuleMatcher, RuleOutcome};
+pub use token::{
+    MAX_ARN_PATTERN_LEN, MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, OrganizationalUnits,
+    OuInclude, Role, Rule, Token, TokenSet,
+};

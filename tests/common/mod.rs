@@ -1,0 +1,25 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+pub mod reference;
+
+use std::path::PathBuf;
+
+/// The folder of one kind of test vector, e.g. `vectors("tokens/invalid")`.
+pub fn vectors(kind: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(kind)
+}
+
+/// Every file in a vector folder, sorted, with its contents.
+pub fn read_vectors(kind: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(vectors(kind))
+        .unwrap_or_else(|e| panic!("reading {kind}: {e}"))
+        .map(|e| {
+            let path = e.expect("dir entry").path();
+            let name = path.file_name().expect("file name").to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&path).expect("read vector"))
+        })
+        .collect();
+    out.sort();
+    out
+}
