@@ -165,6 +165,10 @@ pub struct Arn {
     service: Service,
     account: AccountId,
     principal: Principal,
+    /// Byte offset of the resource (after the fifth `:`).
+    resource_at: usize,
+    /// Whether the resource holds a `:` (only an IAM path can).
+    resource_has_colon: bool,
 }
 
 /// A 12-digit AWS account id.
@@ -284,7 +288,9 @@ impl Arn {
                 }
             }
         };
-        Ok(Self { raw: s.to_owned(), partition, service, account, principal })
+        let resource_at = s.len() - resource.len();
+        let resource_has_colon = resource.contains(':');
+        Ok(Self { raw: s.to_owned(), partition, service, account, principal, resource_at, resource_has_colon })
     }
 
     /// The ARN exactly as parsed.
@@ -305,6 +311,15 @@ impl Arn {
     /// The account that owns the principal.
     pub fn account(&self) -> &AccountId {
         &self.account
+    }
+
+    /// The resource part, after the fifth `:` (e.g. `assumed-role/ROLE/SESSION`).
+    pub fn resource(&self) -> &str {
+        &self.raw[self.resource_at..]
+    }
+
+    pub(crate) fn resource_has_colon(&self) -> bool {
+        self.resource_has_colon
     }
 
     /// The principal kind and its parts.

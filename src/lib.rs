@@ -45,3 +45,7 @@ pub use token::{
     MAX_ARN_PATTERN_LEN, MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, OrganizationalUnits,
     OuInclude, Role, Rule, Token, TokenSet,
 };
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -5,18 +5,24 @@
 //! anchored at both ends in which only `*` (any run of characters, `/` and `:` included, possibly
 //! empty) and `?` (exactly one character) are special. The lowest-index matching rule wins.
 //!
-//! Speed: rules are grouped by the account they pin (their `aws_account`, or the literal account
-//! field of their ARN pattern). Each group's patterns form one [`globset::GlobSet`], so one match
-//! consults two groups (the identity's account and "any account") whatever the rule count.
+//! Speed: each ARN pattern is split into its literal head (everything before the first wildcard)
+//! and the rest. The head is indexed at its last `:` or `/` (the "cut") and by the partial
+//! segment after it, so a lookup walks only the cuts the identity's ARN actually has and the
+//! partial lengths that exist there: a handful of hash probes whatever the rule count. Exact
+//! patterns and `head*` patterns are decided by the index alone; any other remainder is checked by
+//! a [`globset::GlobSet`] holding just the rules that share that head.
 
 use std::collections::HashMap;
 use std::fmt;
 
+use foldhash::fast::RandomState;
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::arn::{AccountId, Arn, Partition};
+use crate::arn::{AccountId, Arn, Partition, Service};
 use crate::error::{Error, ErrorKind};
 use crate::token::{MAX_ARN_PATTERN_LEN, Rule};
+
+type Map<K, V> = HashMap<K, V, RandomState>;
 
 /// Rules compiled once for fast matching. Immutable, `Send + Sync`, cheap to query concurrently.
 ///
@@ -24,55 +30,236 @@ use crate::token::{MAX_ARN_PATTERN_LEN, Rule};
 #[derive(Debug)]
 pub struct RuleMatcher {
     rules: Vec<Rule>,
-    buckets: HashMap<AccountId, Bucket>,
-    any_account: Bucket,
+    /// Lowest-index rule with an `aws_account` and no `aws_arn`, per account.
+    account_only: Map<AccountId, usize>,
+    /// Patterns `arn:P:S::ACCOUNT:REST` with the first five fields literal: an index over the
+    /// resource, per partition, service and account. Almost every real pattern lands here.
+    by_account: Map<(Partition, Service, AccountId), Index>,
+    /// Patterns `arn:P:S::*:REST` (any account): an index over the resource, per partition and
+    /// service.
+    any_account: Map<(Partition, Service), Index>,
+    /// The same any-account patterns whole, for the rare ARN whose resource holds a `:` (an IAM
+    /// path may), where `*` could span past the account and the per-resource index is not exact.
+    any_account_whole: Option<(GlobSet, Vec<RuleRef>)>,
+    /// Every other pattern (wildcards in the partition, service or account field, or patterns
+    /// that are not principal-shaped): an index over the whole ARN.
+    other: Index,
+}
+
+/// Where a pattern goes, from its first five fields.
+enum Shape<'a> {
+    ByAccount(Partition, Service, AccountId, &'a str),
+    AnyAccount(Partition, Service, &'a str),
+    /// Literal fields no principal ARN has: the pattern can never match.
+    Never,
+    Other,
+}
+
+fn shape(pattern: &str) -> Shape<'_> {
+    let mut it = pattern.splitn(6, ':');
+    let (Some(arn), Some(p), Some(s), Some(region), Some(account), Some(rest)) =
+        (it.next(), it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
+        return Shape::Other;
+    };
+    let wild = |f: &str| f.contains(['*', '?']);
+    if wild(arn) || wild(p) || wild(s) || wild(region) {
+        return Shape::Other;
+    }
+    let (Some(partition), Some(service), "arn", "") = (Partition::from_name(p), service_from_name(s), arn, region)
+    else {
+        return Shape::Never;
+    };
+    if account == "*" {
+        return Shape::AnyAccount(partition, service, rest);
+    }
+    if wild(account) {
+        return Shape::Other;
+    }
+    match AccountId::parse(account) {
+        Some(a) => Shape::ByAccount(partition, service, a, rest),
+        None => Shape::Never,
+    }
+}
+
+fn service_from_name(s: &str) -> Option<Service> {
+    match s {
+        "iam" => Some(Service::Iam),
+        "sts" => Some(Service::Sts),
+        _ => None,
+    }
+}
+
+/// Literal-head index over patterns. See the module docs.
+#[derive(Debug, Default)]
+struct Index {
+    /// Groups by the cut of their literal head.
+    cuts: Map<Box<str>, Group>,
+    /// The distinct cut lengths, ascending: only these positions of an ARN need a probe.
+    cut_lens: Vec<usize>,
+}
+
+#[derive(Default)]
+struct IndexBuilder {
+    cuts: Map<String, Map<String, LeafBuilder>>,
+}
+
+impl IndexBuilder {
+    fn add(&mut self, pattern: &str, r: RuleRef) {
+        let (cut, partial, rest) = split_pattern(pattern);
+        let leaf = self.cuts.entry(cut.to_owned()).or_default().entry(partial.to_owned()).or_default();
+        match to_glob(rest).as_str() {
+            "" => leaf.exact.push(r),
+            "*" => leaf.head_star.push(r),
+            glob => leaf.globs.push((glob.to_owned(), r)),
+        }
+    }
+
+    fn build(self) -> Result<Index, Error> {
+        let mut index = Index::default();
+        for (cut, partials) in self.cuts {
+            index.cut_lens.push(cut.len());
+            let mut group = Group::default();
+            for (partial, b) in partials {
+                group.partial_lens.push(partial.len());
+                group.partials.insert(partial.into(), build_leaf(b)?);
+            }
+            group.partial_lens.sort_unstable();
+            group.partial_lens.dedup();
+            index.cuts.insert(cut.into(), group);
+        }
+        index.cut_lens.sort_unstable();
+        index.cut_lens.dedup();
+        Ok(index)
+    }
+}
+
+impl Index {
+    /// Offers to `goal` every rule whose pattern matches `arn`.
+    fn search(&self, arn: &str, goal: &mut Goal<'_>) {
+        let bytes = arn.as_bytes();
+        for &len in &self.cut_lens {
+            // A cut ends at a boundary (or is empty, for patterns with no literal boundary).
+            match len.checked_sub(1).map(|i| bytes.get(i)) {
+                Some(None) => break,
+                Some(Some(&b)) if !is_boundary(b) => continue,
+                _ => {}
+            }
+            if let Some(group) = self.cuts.get(&arn[..len]) {
+                group.search(&arn[len..], goal);
+            }
+        }
+    }
+}
+
+/// A rule as the index stores it: its index and the account it also requires.
+#[derive(Clone, Copy, Debug)]
+struct RuleRef {
+    index: usize,
+    account: Option<AccountId>,
+}
+
+impl RuleRef {
+    fn account_ok(&self, account: &AccountId) -> bool {
+        self.account.as_ref().is_none_or(|a| a == account)
+    }
 }
 
 #[derive(Debug, Default)]
-struct Bucket {
-    /// The lowest index among this bucket's rules that have no ARN pattern.
-    account_only: Option<usize>,
-    globs: GlobSet,
-    /// Rule index of each glob, ascending: globs are added in rule order, so the first match
-    /// reported by the set is the lowest-index rule.
-    glob_rule: Vec<usize>,
+struct Group {
+    /// By the partial segment between the cut and the first wildcard.
+    partials: Map<Box<str>, Leaf>,
+    /// The distinct lengths of those partials, ascending.
+    partial_lens: Vec<usize>,
 }
 
-struct BucketBuilder {
-    account_only: Option<usize>,
-    globs: GlobSetBuilder,
-    glob_rule: Vec<usize>,
+/// The rules that share one literal head.
+#[derive(Debug, Default)]
+struct Leaf {
+    /// The lowest rule index in this leaf, to skip it when a better match is known.
+    min_index: usize,
+    /// Patterns that are the head and nothing more (no wildcard).
+    exact: Vec<RuleRef>,
+    /// Patterns that are the head followed by `*`.
+    head_star: Vec<RuleRef>,
+    /// Every other remainder, as globs over the text after the head.
+    globs: Option<(GlobSet, Vec<RuleRef>)>,
 }
 
-impl Default for BucketBuilder {
-    fn default() -> Self {
-        Self { account_only: None, globs: GlobSetBuilder::new(), glob_rule: Vec::new() }
-    }
+#[derive(Default)]
+struct LeafBuilder {
+    exact: Vec<RuleRef>,
+    head_star: Vec<RuleRef>,
+    globs: Vec<(String, RuleRef)>,
 }
 
-impl Bucket {
-    fn first(&self, arn: &Candidate<'_>, scratch: &mut Vec<usize>) -> Option<usize> {
-        // An account-only rule that precedes every pattern rule wins without touching the globs.
-        if self.glob_rule.first().is_none_or(|&g| self.account_only.is_some_and(|a| a < g)) {
-            return self.account_only;
+/// What a search is for: the first rule whose every field matches, or every rule whose ARN
+/// pattern matches (for `explain`).
+enum Goal<'a> {
+    First { account: &'a AccountId, best: Option<usize> },
+    AllArnMatches(&'a mut [bool]),
+}
+
+impl Goal<'_> {
+    fn wants(&self, leaf_min: usize) -> bool {
+        match self {
+            Goal::First { best, .. } => best.is_none_or(|b| leaf_min < b),
+            Goal::AllArnMatches(_) => true,
         }
-        self.globs.matches_candidate_into(arn, scratch);
-        let by_arn = scratch.first().map(|&g| self.glob_rule[g]);
-        min_some(self.account_only, by_arn)
     }
 
-    fn arn_matches(&self, arn: &Candidate<'_>, into: &mut [bool]) {
-        for g in self.globs.matches_candidate(arn) {
-            into[self.glob_rule[g]] = true;
+    fn offer(&mut self, r: &RuleRef) {
+        match self {
+            Goal::First { account, best } => {
+                if r.account_ok(account) && best.is_none_or(|b| r.index < b) {
+                    *best = Some(r.index);
+                }
+            }
+            Goal::AllArnMatches(hits) => hits[r.index] = true,
         }
     }
 }
 
-fn min_some(a: Option<usize>, b: Option<usize>) -> Option<usize> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, None) => x,
-        (None, y) => y,
+fn is_boundary(b: u8) -> bool {
+    b == b':' || b == b'/'
+}
+
+/// Splits a pattern into (cut, partial, rest): `cut` is the literal head up to and including its
+/// last `:` or `/`, `partial` the literal text after it up to the first wildcard, `rest` the
+/// remainder (empty for an exact pattern, otherwise starting with a wildcard).
+fn split_pattern(pattern: &str) -> (&str, &str, &str) {
+    let head_len = pattern.find(['*', '?']).unwrap_or(pattern.len());
+    let head = &pattern[..head_len];
+    let cut_len = head.bytes().rposition(is_boundary).map_or(0, |i| i + 1);
+    (&pattern[..cut_len], &pattern[cut_len..head_len], &pattern[head_len..])
+}
+
+impl Leaf {
+    fn search(&self, rest: &str, goal: &mut Goal<'_>) {
+        if !goal.wants(self.min_index) {
+            return;
+        }
+        if rest.is_empty() {
+            self.exact.iter().for_each(|r| goal.offer(r));
+        }
+        self.head_star.iter().for_each(|r| goal.offer(r));
+        if let Some((set, refs)) = &self.globs {
+            let candidate = Candidate::new(rest);
+            for g in set.matches_candidate(&candidate) {
+                goal.offer(&refs[g]);
+            }
+        }
+    }
+}
+
+impl Group {
+    fn search(&self, after_cut: &str, goal: &mut Goal<'_>) {
+        for &len in &self.partial_lens {
+            let Some(partial) = after_cut.get(..len) else { break };
+            if let Some(leaf) = self.partials.get(partial) {
+                leaf.search(&after_cut[len..], goal);
+            }
+        }
     }
 }
 
@@ -162,45 +349,40 @@ impl RuleMatcher {
     /// Compiles rules once. Organization rules (`aws_organization_id`) are kept for `explain`
     /// and [`RuleMatcher::organization_rules`] but never matched by [`RuleMatcher::first_match`].
     pub fn compile(rules: Vec<Rule>) -> Result<Self, Error> {
-        let mut builders: HashMap<AccountId, BucketBuilder> = HashMap::new();
-        let mut any = BucketBuilder::default();
+        let mut account_only: Map<AccountId, usize> = Map::default();
+        let mut by_account: Map<(Partition, Service, AccountId), IndexBuilder> = Map::default();
+        let mut any_account: Map<(Partition, Service), IndexBuilder> = Map::default();
+        let mut whole = Vec::new();
+        let mut other = IndexBuilder::default();
         for (i, rule) in rules.iter().enumerate() {
             if rule.needs_organization() {
                 continue;
             }
-            let pinned = rule.aws_account.or_else(|| rule.aws_arn.as_deref().and_then(pattern_account));
-            let b = match pinned {
-                Some(acct) => builders.entry(acct).or_default(),
-                None => &mut any,
+            let r = RuleRef { index: i, account: rule.aws_account };
+            let Some(pattern) = rule.aws_arn.as_deref() else {
+                if let Some(a) = rule.aws_account {
+                    account_only.entry(a).or_insert(i);
+                }
+                continue;
             };
-            match &rule.aws_arn {
-                None => {
-                    b.account_only.get_or_insert(i);
+            match shape(pattern) {
+                Shape::ByAccount(p, s, a, rest) => by_account.entry((p, s, a)).or_default().add(rest, r),
+                Shape::AnyAccount(p, s, rest) => {
+                    any_account.entry((p, s)).or_default().add(rest, r);
+                    whole.push((to_glob(pattern), r));
                 }
-                Some(p) => {
-                    let glob = GlobBuilder::new(&to_glob(p))
-                        .literal_separator(false)
-                        .backslash_escape(true)
-                        .case_insensitive(false)
-                        .build()
-                        .map_err(|e| Error::new(ErrorKind::TokenInvalid, format!("rule {i}: aws_arn {p:?}: {e}")))?;
-                    b.globs.add(glob);
-                    b.glob_rule.push(i);
-                }
+                Shape::Never => {}
+                Shape::Other => other.add(pattern, r),
             }
         }
-        let build = |b: BucketBuilder| -> Result<Bucket, Error> {
-            let globs = b
-                .globs
-                .build()
-                .map_err(|e| Error::new(ErrorKind::TokenInvalid, format!("compiling allow rules: {e}")))?;
-            Ok(Bucket { account_only: b.account_only, globs, glob_rule: b.glob_rule })
-        };
-        let mut buckets = HashMap::with_capacity(builders.len());
-        for (acct, b) in builders {
-            buckets.insert(acct, build(b)?);
-        }
-        Ok(Self { rules, buckets, any_account: build(any)? })
+        Ok(Self {
+            rules,
+            account_only,
+            by_account: by_account.into_iter().map(|(k, b)| Ok((k, b.build()?))).collect::<Result<_, Error>>()?,
+            any_account: any_account.into_iter().map(|(k, b)| Ok((k, b.build()?))).collect::<Result<_, Error>>()?,
+            any_account_whole: if whole.is_empty() { None } else { Some(build_globs(whole)?) },
+            other: other.build()?,
+        })
     }
 
     /// The rules, in order.
@@ -211,6 +393,24 @@ impl RuleMatcher {
     /// Indices of the rules that need an AWS Organizations lookup.
     pub fn organization_rules(&self) -> impl Iterator<Item = usize> + '_ {
         self.rules.iter().enumerate().filter(|(_, r)| r.needs_organization()).map(|(i, _)| i)
+    }
+
+    /// Offers to `goal` every pattern rule whose pattern matches `arn`.
+    fn search(&self, arn: &Arn, goal: &mut Goal<'_>) {
+        let resource = arn.resource();
+        if let Some(index) = self.by_account.get(&(arn.partition(), arn.service(), *arn.account())) {
+            index.search(resource, goal);
+        }
+        if let Some((set, refs)) = &self.any_account_whole {
+            if arn.resource_has_colon() {
+                for g in set.matches(arn.as_str()) {
+                    goal.offer(&refs[g]);
+                }
+            } else if let Some(index) = self.any_account.get(&(arn.partition(), arn.service())) {
+                index.search(resource, goal);
+            }
+        }
+        self.other.search(arn.as_str(), goal);
     }
 
     /// The index of the first rule the identity matches, if any.
@@ -232,20 +432,18 @@ impl RuleMatcher {
         if arn.account() != account {
             return None;
         }
-        let candidate = Candidate::new(arn.as_str());
-        let mut scratch = Vec::new();
-        let pinned = self.buckets.get(account).and_then(|b| b.first(&candidate, &mut scratch));
-        let any = self.any_account.first(&candidate, &mut scratch);
-        min_some(pinned, any)
+        let mut goal = Goal::First { account, best: self.account_only.get(account).copied() };
+        self.search(arn, &mut goal);
+        match goal {
+            Goal::First { best, .. } => best,
+            Goal::AllArnMatches(_) => None,
+        }
     }
 
     /// Says, rule by rule, why the identity does or does not match.
     pub fn explain(&self, account: &AccountId, arn: &Arn) -> Explanation {
-        let candidate = Candidate::new(arn.as_str());
         let mut arn_ok = vec![false; self.rules.len()];
-        for b in self.buckets.values().chain(std::iter::once(&self.any_account)) {
-            b.arn_matches(&candidate, &mut arn_ok);
-        }
+        self.search(arn, &mut Goal::AllArnMatches(&mut arn_ok));
         let consistent = arn.account() == account;
         let rules = self
             .rules
@@ -273,6 +471,30 @@ impl RuleMatcher {
         let matched = rules.iter().find(|r| r.matched).map(|r| r.index);
         Explanation { matched, rules }
     }
+}
+
+fn build_leaf(b: LeafBuilder) -> Result<Leaf, Error> {
+    let min_index = b.exact.iter().chain(&b.head_star).chain(b.globs.iter().map(|(_, r)| r)).map(|r| r.index).min();
+    let globs = if b.globs.is_empty() { None } else { Some(build_globs(b.globs)?) };
+    Ok(Leaf { min_index: min_index.unwrap_or(usize::MAX), exact: b.exact, head_star: b.head_star, globs })
+}
+
+/// One glob set over already-translated globs, with the rule of each.
+fn build_globs(globs: Vec<(String, RuleRef)>) -> Result<(GlobSet, Vec<RuleRef>), Error> {
+    let mut set = GlobSetBuilder::new();
+    let mut refs = Vec::with_capacity(globs.len());
+    for (glob, r) in globs {
+        let g = GlobBuilder::new(&glob)
+            .literal_separator(false)
+            .backslash_escape(true)
+            .case_insensitive(false)
+            .build()
+            .map_err(|e| Error::new(ErrorKind::TokenInvalid, format!("rule {}: aws_arn: {e}", r.index)))?;
+        set.add(g);
+        refs.push(r);
+    }
+    let set = set.build().map_err(|e| Error::new(ErrorKind::TokenInvalid, format!("compiling allow rules: {e}")))?;
+    Ok((set, refs))
 }
 
 /// The result of one field of a rule against an identity.
@@ -414,6 +636,10 @@ mod tests {
         brackets_literal: None, Some("arn:aws:iam::123456789012:user/[a]*"), USER => false;
         braces_literal: None, Some("arn:aws:iam::123456789012:user/{admins,x}-12?"), USER => false;
         dot_literal: None, Some("arn:aws:iam::123456789012:user/admins.123"), USER => false;
+        any_account_star: None, Some("arn:aws:iam::*:user/admins-*"), USER => true;
+        any_account_star_other_partition: None, Some("arn:aws-cn:iam::*:user/admins-*"), USER => false;
+        any_account_star_spans_path_colon: None, Some("arn:aws:iam::*:b/x"), "arn:aws:iam::123456789012:role/a:b/x" => true;
+        any_account_star_path_colon_no_match: None, Some("arn:aws:iam::*:c/x"), "arn:aws:iam::123456789012:role/a:b/x" => false;
         any_partition_star: None, Some("arn:*:iam::123456789012:user/admins-123"), USER => true;
     }
 

@@ -1,17 +1,17 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod reference;
+pub(crate) mod reference;
 
 use std::path::PathBuf;
 
 /// The folder of one kind of test vector, e.g. `vectors("tokens/invalid")`.
-pub fn vectors(kind: &str) -> PathBuf {
+pub(crate) fn vectors(kind: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(kind)
 }
 
 /// Every file in a vector folder, sorted, with its contents.
-pub fn read_vectors(kind: &str) -> Vec<(String, String)> {
+pub(crate) fn read_vectors(kind: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = std::fs::read_dir(vectors(kind))
         .unwrap_or_else(|e| panic!("reading {kind}: {e}"))
         .map(|e| {

@@ -6,16 +6,16 @@
 use regex::Regex;
 
 /// Teleport's `arnMatches` pattern for one `aws_arn`.
-pub fn teleport_regex(pattern: &str) -> String {
+pub(crate) fn teleport_regex(pattern: &str) -> String {
     let quoted = regex::escape(pattern);
     format!("^{}$", quoted.replace(r"\*", ".*").replace(r"\?", "."))
 }
 
 /// A rule as plain strings: (aws_account, aws_arn), empty meaning unset.
-pub type PlainRule = (String, String);
+pub(crate) type PlainRule = (String, String);
 
 /// Teleport's `checkIAMAllowRules`, compiling each regex on every call as Teleport does.
-pub fn first_match_compiling(rules: &[PlainRule], account: &str, arn: &str) -> Option<usize> {
+pub(crate) fn first_match_compiling(rules: &[PlainRule], account: &str, arn: &str) -> Option<usize> {
     rules.iter().position(|(a, p)| {
         (a.is_empty() || a == account)
             && (p.is_empty() || Regex::new(&teleport_regex(p)).expect("quoted pattern is a valid regex").is_match(arn))
@@ -23,10 +23,10 @@ pub fn first_match_compiling(rules: &[PlainRule], account: &str, arn: &str) -> O
 }
 
 /// The same loop with regexes built once.
-pub struct Prebuilt(Vec<(String, Option<Regex>)>);
+pub(crate) struct Prebuilt(Vec<(String, Option<Regex>)>);
 
 impl Prebuilt {
-    pub fn new(rules: &[PlainRule]) -> Self {
+    pub(crate) fn new(rules: &[PlainRule]) -> Self {
         Self(
             rules
                 .iter()
@@ -38,7 +38,7 @@ impl Prebuilt {
         )
     }
 
-    pub fn first_match(&self, account: &str, arn: &str) -> Option<usize> {
+    pub(crate) fn first_match(&self, account: &str, arn: &str) -> Option<usize> {
         self.0.iter().position(|(a, re)| (a.is_empty() || a == account) && re.as_ref().is_none_or(|r| r.is_match(arn)))
     }
 }

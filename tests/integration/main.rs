@@ -1,4 +1,5 @@
 //! Integration tests: one binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -10,11 +10,14 @@ const ACCOUNTS: [&str; 3] = ["111111111111", "222222222222", "012345678901"];
 /// ARNs from a small alphabet so that generated patterns often match them.
 fn arn_strategy() -> impl Strategy<Value = String> {
     let name = "[ab.@_-]{1,6}";
-    (0..3usize, 0..5usize, name, name).prop_map(|(acct, kind, n1, n2)| {
+    // IAM paths may hold `:`, which the any-account index must not be fooled by.
+    let path = "[ab:]{1,4}";
+    (0..3usize, 0..6usize, name, name, path).prop_map(|(acct, kind, n1, n2, path)| {
         let a = ACCOUNTS[acct];
         match kind {
             0 => format!("arn:aws:iam::{a}:user/{n1}"),
             1 => format!("arn:aws:iam::{a}:user/{n2}/{n1}"),
+            5 => format!("arn:aws:iam::{a}:role/{path}/{n1}"),
             2 => format!("arn:aws:sts::{a}:assumed-role/{n1}/{n2}"),
             3 => format!("arn:aws:sts::{a}:federated-user/{n1}"),
             _ => format!("arn:aws:iam::{a}:root"),
@@ -25,27 +28,31 @@ fn arn_strategy() -> impl Strategy<Value = String> {
 /// Patterns derived from an ARN by swapping spans for `*`, `?`, or characters globset would
 /// treat specially if they were not escaped.
 fn pattern_strategy() -> impl Strategy<Value = String> {
-    (arn_strategy(), prop::collection::vec((0..80usize, 0..8usize), 0..4)).prop_map(|(arn, edits)| {
-        let mut chars: Vec<char> = arn.chars().collect();
-        for (pos, op) in edits {
-            let at = 4 + pos % (chars.len() - 4).max(1);
-            let at = at.min(chars.len());
-            match op {
-                0 => chars.insert(at, '*'),
-                1 if at < chars.len() => chars[at] = '?',
-                2 => {
-                    let end = (at + 3).min(chars.len());
-                    chars.splice(at..end, ['*']);
+    (arn_strategy(), any::<bool>(), prop::collection::vec((0..80usize, 0..8usize), 0..4)).prop_map(
+        |(arn, any_account, edits)| {
+            // Half the time the account field becomes `*`, as in `arn:aws:sts::*:assumed-role/x/*`.
+            let arn = if any_account { arn.replacen(&arn[13..25], "*", 1) } else { arn };
+            let mut chars: Vec<char> = arn.chars().collect();
+            for (pos, op) in edits {
+                let at = 4 + pos % (chars.len() - 4).max(1);
+                let at = at.min(chars.len());
+                match op {
+                    0 => chars.insert(at, '*'),
+                    1 if at < chars.len() => chars[at] = '?',
+                    2 => {
+                        let end = (at + 3).min(chars.len());
+                        chars.splice(at..end, ['*']);
+                    }
+                    3 => chars.insert(at, '['),
+                    4 => chars.insert(at, '{'),
+                    5 => chars.insert(at, '\\'),
+                    6 => chars.splice(at..at, ['*', '*']).for_each(drop),
+                    _ => {}
                 }
-                3 => chars.insert(at, '['),
-                4 => chars.insert(at, '{'),
-                5 => chars.insert(at, '\\'),
-                6 => chars.splice(at..at, ['*', '*']).for_each(drop),
-                _ => {}
             }
-        }
-        chars.into_iter().collect()
-    })
+            chars.into_iter().collect()
+        },
+    )
 }
 
 fn rule_strategy() -> impl Strategy<Value = PlainRule> {

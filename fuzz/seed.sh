@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds each fuzz target's seed corpus from tests/vectors, so fuzzing starts from real inputs.
+set -euo pipefail
+cd "$(dirname "$0")"
+vectors=../tests/vectors
+mkdir -p corpus/parse_token corpus/parse_arn corpus/match_rules
+cp "$vectors"/tokens/*/*.yaml corpus/parse_token/
+n=0
+grep -rhoE 'arn:[A-Za-z0-9:/_+=,.@*?-]+' "$vectors" | sort -u | while read -r arn; do
+  n=$((n + 1))
+  printf '%s' "$arn" > "corpus/parse_arn/seed-$n"
+done
+i=0
+for arn in \
+  "arn:aws:sts::123456789012:assumed-role/my-super-test-role/my-session-name" \
+  "arn:aws:iam::123456789012:user/admins-123" \
+  "arn:aws:iam::123456789012:role/a:b/x"; do
+  i=$((i + 1))
+  {
+    echo "$arn"
+    echo "123456789012|"
+    echo "|arn:aws:sts::123456789012:assumed-role/my-*-test-role/*"
+    echo "|arn:aws:iam::123456789012:user/admins-???"
+    echo "|arn:aws:iam::*:b/x"
+    echo "111111111111|arn:aws:iam::*:user/*"
+  } > "corpus/match_rules/seed-$i"
+done
