@@ -34,11 +34,13 @@
 #![deny(missing_docs)]
 
 mod arn;
+mod endpoint;
 mod error;
 mod rules;
 mod token;
 
 pub use arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Service};
+pub use endpoint::{Endpoint, EndpointPolicy, FipsMode};
 pub use error::{Error, ErrorKind, Problem};
 pub use rules::{Check, Explanation, RuleMatcher, RuleOutcome};
 pub use token::{
