@@ -21,6 +21,7 @@ pub struct Endpoint {
     pub(crate) global: bool,
 }
 
+#[rustfmt::skip]
 #[path = "endpoint_table.rs"]
 mod table;
 

@@ -34,14 +34,18 @@
 #![deny(missing_docs)]
 
 mod arn;
+pub mod challenge;
 mod endpoint;
 mod error;
+mod request;
 mod rules;
+mod sigv4;
 mod token;
 
 pub use arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Service};
 pub use endpoint::{Endpoint, EndpointPolicy, FipsMode};
 pub use error::{Error, ErrorKind, Problem};
+pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};
 pub use rules::{Check, Explanation, RuleMatcher, RuleOutcome};
 pub use token::{
     MAX_ARN_PATTERN_LEN, MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, OrganizationalUnits,

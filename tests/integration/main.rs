@@ -6,4 +6,5 @@ mod common;
 
 mod endpoints;
 mod matching;
+mod requests;
 mod tokens;

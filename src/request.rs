@@ -1,0 +1,405 @@
+//! The forwarded request: untrusted HTTP/1.1 bytes → a validated, rebuilt STS request.
+//!
+//! The auth server cannot check a SigV4 signature (only STS holds the secret), so it must make
+//! sure that everything it forwards was signed and that nothing the agent controls steers where
+//! the request goes or what it asks. Every published bypass of this design came from forwarding
+//! something unchecked; here the output is rebuilt from validated parts only.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::challenge::{self, DEFAULT_CHALLENGE_HEADER};
+use crate::endpoint::{Endpoint, EndpointPolicy, printable};
+use crate::error::{Error, ErrorKind};
+use crate::sigv4;
+
+/// The largest request head (request line and headers) accepted. A signed GetCallerIdentity with
+/// a long session token is about 2 KiB; 16 KiB leaves room for large tokens and stops abuse.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// The most header lines accepted. Signers send about ten.
+pub const MAX_HEADERS: usize = 64;
+/// The one body a GetCallerIdentity request may carry, byte for byte.
+pub const GET_CALLER_IDENTITY_BODY: &[u8] = b"Action=GetCallerIdentity&Version=2011-06-15";
+/// The largest clock skew allowed between `X-Amz-Date` and `now`, and the default. STS itself
+/// refuses signatures older than 15 minutes; a wider window would only widen replays.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
+
+/// Headers that must never be signed (and so never forwarded): hop-by-hop and proxy headers
+/// would let the agent steer the connection rather than the request.
+fn is_forbidden_signed(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "transfer-encoding" | "te" | "upgrade" | "expect" | "forwarded" | "keep-alive" | "trailer"
+    ) || name.starts_with("proxy-")
+        || name.starts_with("x-forwarded-")
+}
+
+/// How forwarded requests are checked.
+#[derive(Clone, Debug)]
+pub struct RequestPolicy {
+    endpoints: EndpointPolicy,
+    challenge_header: String,
+    max_skew: Duration,
+}
+
+impl Default for RequestPolicy {
+    fn default() -> Self {
+        Self {
+            endpoints: EndpointPolicy::default(),
+            challenge_header: DEFAULT_CHALLENGE_HEADER.to_owned(),
+            max_skew: MAX_CLOCK_SKEW,
+        }
+    }
+}
+
+impl RequestPolicy {
+    /// The defaults: `aws` partition endpoints, `x-teleport-challenge`, 15 minutes of skew.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Which STS endpoints are trusted.
+    pub fn endpoints(mut self, endpoints: EndpointPolicy) -> Self {
+        self.endpoints = endpoints;
+        self
+    }
+
+    /// The endpoint policy in force.
+    pub fn endpoint_policy(&self) -> &EndpointPolicy {
+        &self.endpoints
+    }
+
+    /// The header the challenge must travel in (case-insensitive; stored lowercase). Refuses
+    /// names that are not HTTP tokens and names of headers SigV4 or HTTP give a meaning to.
+    pub fn challenge_header(mut self, name: &str) -> Result<Self, Error> {
+        let lower = name.to_ascii_lowercase();
+        let token =
+            !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        let reserved = matches!(
+            lower.as_str(),
+            "host" | "authorization" | "x-amz-date" | "x-amz-security-token" | "content-length" | "content-type"
+        ) || is_forbidden_signed(&lower);
+        if !token || reserved {
+            return Err(Error::new(
+                ErrorKind::MalformedRequest,
+                format!("{} cannot be the challenge header", printable(name)),
+            ));
+        }
+        self.challenge_header = lower;
+        Ok(self)
+    }
+
+    /// The challenge header name, lowercase.
+    pub fn challenge_header_name(&self) -> &str {
+        &self.challenge_header
+    }
+
+    /// The largest allowed difference between `X-Amz-Date` and `now`. Refuses more than
+    /// [`MAX_CLOCK_SKEW`].
+    pub fn max_skew(mut self, skew: Duration) -> Result<Self, Error> {
+        if skew > MAX_CLOCK_SKEW {
+            return Err(Error::new(ErrorKind::RequestExpired, "max clock skew cannot exceed 15 minutes"));
+        }
+        self.max_skew = skew;
+        Ok(self)
+    }
+
+    /// The allowed clock skew.
+    pub fn skew(&self) -> Duration {
+        self.max_skew
+    }
+}
+
+/// A forwarded `sts:GetCallerIdentity` request that passed every local check, rebuilt from
+/// validated parts: `POST https://<endpoint>/`, the fixed body, exactly the signed headers with
+/// the values received, plus `Authorization` and `X-Amz-Security-Token`. Nothing unsigned is kept.
+///
+/// What is checked: the request line, framing and sizes; the body; header names and values;
+/// the SigV4 `Authorization` shape and scope; that `host`, `x-amz-date`, `content-type` and the
+/// challenge header are signed and present once; the endpoint policy; the challenge; freshness.
+/// What is not: the signature itself, which only STS can verify.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StsRequest {
+    endpoint: &'static Endpoint,
+    headers: Vec<(String, String)>,
+    access_key_id: String,
+    signed_at: SystemTime,
+    accept_json: bool,
+}
+
+fn malformed(detail: impl Into<String>) -> Error {
+    Error::new(ErrorKind::MalformedRequest, detail)
+}
+
+fn challenge_mismatch(detail: impl Into<String>) -> Error {
+    Error::new(ErrorKind::ChallengeMismatch, detail)
+}
+
+/// Where the head ends (after the blank line), if within the limit.
+fn head_len(raw: &[u8]) -> Result<usize, Error> {
+    let window = &raw[..raw.len().min(MAX_HEAD_BYTES + 4)];
+    match window.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) if i + 4 <= MAX_HEAD_BYTES => Ok(i + 4),
+        Some(_) => Err(malformed(format!("request head is larger than {MAX_HEAD_BYTES} bytes"))),
+        None if raw.len() > MAX_HEAD_BYTES => {
+            Err(malformed(format!("request head is larger than {MAX_HEAD_BYTES} bytes")))
+        }
+        None => Err(malformed("request head does not end with an empty CRLF line")),
+    }
+}
+
+/// The values of every header named `name` (lowercase).
+fn values<'h>(headers: &'h [(String, &'h str)], name: &str) -> impl Iterator<Item = &'h str> {
+    let name = name.to_owned();
+    headers.iter().filter(move |(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+/// The value of the one header named `name`; an error naming it as `shown` if it is absent or
+/// repeated.
+fn one<'h>(headers: &'h [(String, &'h str)], name: &str, shown: &str) -> Result<&'h str, Error> {
+    let mut it = values(headers, name);
+    match (it.next(), it.next()) {
+        (Some(v), None) => Ok(v),
+        (None, _) => Err(malformed(format!("request has no {shown} header"))),
+        (Some(_), Some(_)) => Err(malformed(format!("request has more than one {shown} header"))),
+    }
+}
+
+fn is_visible_ascii(v: &[u8]) -> bool {
+    v.iter().all(|&b| (0x20..=0x7e).contains(&b))
+}
+
+fn is_form_content_type(v: &str) -> bool {
+    let v = v.to_ascii_lowercase();
+    v == "application/x-www-form-urlencoded" || v == "application/x-www-form-urlencoded; charset=utf-8"
+}
+
+impl StsRequest {
+    /// Parses and validates the raw bytes the agent sent, against the challenge the server issued.
+    ///
+    /// `now` is the time freshness is judged against; the library never reads the clock itself.
+    /// Every refusal is one of `malformed_request`, `untrusted_endpoint`, `challenge_mismatch`,
+    /// `request_expired`.
+    pub fn parse(raw: &[u8], challenge: &str, policy: &RequestPolicy, now: SystemTime) -> Result<Self, Error> {
+        let head_len = head_len(raw)?;
+        let head = &raw[..head_len];
+        // CRLF only: a bare CR or LF is how requests get split differently by different parsers.
+        for (i, &b) in head.iter().enumerate() {
+            let bad = match b {
+                b'\n' => i == 0 || head[i - 1] != b'\r',
+                b'\r' => head.get(i + 1) != Some(&b'\n'),
+                _ => false,
+            };
+            if bad {
+                return Err(malformed("request head has a bare CR or LF; lines must end in CRLF"));
+            }
+        }
+
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut slots);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(n)) if n == head_len => {}
+            Ok(_) => return Err(malformed("request head is incomplete")),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(malformed(format!("request has more than {MAX_HEADERS} headers")));
+            }
+            Err(e) => return Err(malformed(format!("request head is not valid HTTP/1.1: {e}"))),
+        }
+        if req.method != Some("POST") {
+            return Err(malformed("request method is not POST"));
+        }
+        if req.path != Some("/") {
+            return Err(malformed("request target is not exactly \"/\""));
+        }
+        if req.version != Some(1) {
+            return Err(malformed("request is not HTTP/1.1"));
+        }
+
+        // Lowercase names, values as received (httparse has trimmed surrounding whitespace).
+        let mut headers: Vec<(String, &str)> = Vec::with_capacity(req.headers.len());
+        for h in req.headers.iter() {
+            if !is_visible_ascii(h.value) {
+                return Err(malformed(format!("header {} has a control or non-ASCII character", h.name)));
+            }
+            let value = std::str::from_utf8(h.value).map_err(|_| malformed("header value is not ASCII"))?;
+            headers.push((h.name.to_ascii_lowercase(), value));
+        }
+        let all = |name: &str| values(&headers, name).collect::<Vec<_>>();
+        let one = |name: &str, shown: &str| one(&headers, name, shown);
+
+        if !all("transfer-encoding").is_empty() {
+            return Err(malformed("request has Transfer-Encoding; only a Content-Length body is accepted"));
+        }
+        let content_length = one("content-length", "Content-Length")?;
+        if content_length != GET_CALLER_IDENTITY_BODY.len().to_string() {
+            return Err(malformed("Content-Length is not the length of the GetCallerIdentity body"));
+        }
+        let body = &raw[head_len..];
+        if body != GET_CALLER_IDENTITY_BODY {
+            return Err(malformed(format!(
+                "body is not exactly {:?} (or has trailing bytes)",
+                String::from_utf8_lossy(GET_CALLER_IDENTITY_BODY)
+            )));
+        }
+        let host = one("host", "Host")?;
+        let authorization = one("authorization", "Authorization")?;
+        let amz_date = one("x-amz-date", "X-Amz-Date")?;
+        let tokens = all("x-amz-security-token");
+        let security_token = tokens.first().copied();
+        if tokens.len() > 1 {
+            return Err(malformed("request has more than one X-Amz-Security-Token header"));
+        }
+
+        let auth = sigv4::parse_authorization(authorization)?;
+        for required in ["host", "x-amz-date", "content-type"] {
+            if !auth.signed_headers.contains(&required) {
+                return Err(malformed(format!("{required} is not among the signed headers")));
+            }
+        }
+        let challenge_name = policy.challenge_header.as_str();
+        let mut signed = Vec::with_capacity(auth.signed_headers.len() + 2);
+        for &name in &auth.signed_headers {
+            if is_forbidden_signed(name) {
+                return Err(malformed(format!("{name} must not be signed: it is a hop-by-hop or proxy header")));
+            }
+            if name == challenge_name {
+                continue; // checked below, with its own error kind
+            }
+            let value = one(name, name)?;
+            signed.push((name.to_owned(), value.to_owned()));
+        }
+        let content_type = one("content-type", "Content-Type")?;
+        if !is_form_content_type(content_type) {
+            return Err(malformed("Content-Type is not application/x-www-form-urlencoded"));
+        }
+
+        // Freshness and scope: the date signed into the scope must be the date of X-Amz-Date.
+        let signed_at = sigv4::parse_amz_date(amz_date)?;
+        if !amz_date.starts_with(auth.date) {
+            return Err(malformed("the Credential scope date is not the date of X-Amz-Date"));
+        }
+        let skew = match now.duration_since(signed_at) {
+            Ok(age) => age,
+            Err(ahead) => ahead.duration(),
+        };
+        if skew > policy.max_skew {
+            let when = if signed_at > now { "in the future" } else { "old" };
+            return Err(Error::new(
+                ErrorKind::RequestExpired,
+                format!(
+                    "X-Amz-Date is {}s {when}, beyond the allowed {}s; the agent must sign a new request",
+                    skew.as_secs(),
+                    policy.max_skew.as_secs()
+                ),
+            ));
+        }
+
+        let endpoint = policy.endpoints.check(host)?;
+        if auth.region != endpoint.signing_region() {
+            return Err(malformed(format!(
+                "request is signed for region {} but {} signs as {}",
+                auth.region,
+                endpoint.host(),
+                endpoint.signing_region()
+            )));
+        }
+
+        let received = match all(challenge_name).as_slice() {
+            [v] => *v,
+            [] => return Err(challenge_mismatch(format!("request has no {challenge_name} header"))),
+            _ => return Err(challenge_mismatch(format!("request has more than one {challenge_name} header"))),
+        };
+        if !auth.signed_headers.contains(&challenge_name) {
+            return Err(challenge_mismatch(format!("{challenge_name} is not among the signed headers")));
+        }
+        if !challenge::matches(received, challenge) {
+            return Err(challenge_mismatch(format!("{challenge_name} does not hold the challenge this server issued")));
+        }
+        // Keep the signed headers in SignedHeaders order, the challenge in its place.
+        let position = auth.signed_headers.iter().position(|n| *n == challenge_name).unwrap_or(signed.len());
+        signed.insert(position, (challenge_name.to_owned(), received.to_owned()));
+
+        let accept_json = signed.iter().any(|(n, v)| n == "accept" && v.eq_ignore_ascii_case("application/json"));
+        signed.push(("authorization".to_owned(), authorization.to_owned()));
+        if let Some(token) = security_token
+            && !auth.signed_headers.contains(&"x-amz-security-token")
+        {
+            signed.push(("x-amz-security-token".to_owned(), token.to_owned()));
+        }
+        Ok(Self { endpoint, headers: signed, access_key_id: auth.access_key_id.to_owned(), signed_at, accept_json })
+    }
+
+    /// The validated STS endpoint the request is signed for.
+    pub fn endpoint(&self) -> &'static Endpoint {
+        self.endpoint
+    }
+
+    /// `https://<host>/`.
+    pub fn url(&self) -> String {
+        format!("https://{}/", self.endpoint.host())
+    }
+
+    /// The headers to send, lowercase names: the signed ones in `SignedHeaders` order (including
+    /// `host` and `content-length`), then `authorization`, then `x-amz-security-token` when the
+    /// agent sent one without signing it.
+    pub fn headers(&self) -> impl DoubleEndedIterator<Item = (&str, &str)> + ExactSizeIterator {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The body to send: always [`GET_CALLER_IDENTITY_BODY`].
+    pub fn body(&self) -> &'static [u8] {
+        GET_CALLER_IDENTITY_BODY
+    }
+
+    /// The access key id the request is signed with (identifies the credentials, is not secret).
+    pub fn access_key_id(&self) -> &str {
+        &self.access_key_id
+    }
+
+    /// The signing time from `X-Amz-Date`.
+    pub fn signed_at(&self) -> SystemTime {
+        self.signed_at
+    }
+
+    /// Whether the agent signed `Accept: application/json` (Teleport agents do; STS then answers
+    /// JSON instead of XML).
+    pub fn accepts_json(&self) -> bool {
+        self.accept_json
+    }
+
+    /// The rebuilt request as HTTP/1.1 bytes (what would be sent on the wire), for logs of sizes,
+    /// tests and tools. Adds `content-length` when the agent did not sign it.
+    pub fn to_http1(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
+        out.extend_from_slice(b"POST / HTTP/1.1\r\n");
+        for (n, v) in &self.headers {
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !self.headers.iter().any(|(n, _)| n == "content-length") {
+            out.extend_from_slice(format!("content-length: {}\r\n", GET_CALLER_IDENTITY_BODY.len()).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(GET_CALLER_IDENTITY_BODY);
+        out
+    }
+}
+
+/// Redacted: header names with value lengths, never values.
+impl fmt::Debug for StsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Lens<'a>(&'a [(String, String)]);
+        impl fmt::Debug for Lens<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map().entries(self.0.iter().map(|(n, v)| (n, format!("<{} bytes>", v.len())))).finish()
+            }
+        }
+        f.debug_struct("StsRequest")
+            .field("endpoint", &self.endpoint.host())
+            .field("headers", &Lens(&self.headers))
+            .field("accept_json", &self.accept_json)
+            .finish_non_exhaustive()
+    }
+}

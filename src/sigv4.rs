@@ -1,0 +1,200 @@
+//! Parsing of the SigV4 `Authorization` header and `X-Amz-Date`, without verifying the signature
+//! (only STS holds the secret). Every component must appear exactly once, in the shape AWS signers
+//! produce; anything else is `malformed_request`. Errors name the component at fault and never
+//! echo the signature or the whole header.
+
+use std::time::SystemTime;
+
+use time::PrimitiveDateTime;
+use time::macros::format_description;
+
+use crate::error::{Error, ErrorKind};
+
+/// The only algorithm STS requests are signed with here.
+pub(crate) const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+
+/// A parsed `Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Authorization<'a> {
+    pub(crate) access_key_id: &'a str,
+    /// `YYYYMMDD` from the credential scope.
+    pub(crate) date: &'a str,
+    pub(crate) region: &'a str,
+    /// Lowercase, strictly ascending.
+    pub(crate) signed_headers: Vec<&'a str>,
+}
+
+fn malformed(detail: impl Into<String>) -> Error {
+    Error::new(ErrorKind::MalformedRequest, detail)
+}
+
+/// RFC 9110 `tchar`, lowercase only (SigV4 lists header names lowercased).
+fn is_lower_tchar(b: u8) -> bool {
+    b.is_ascii_lowercase()
+        || b.is_ascii_digit()
+        || matches!(
+            b,
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+        )
+}
+
+pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Error> {
+    let rest = value
+        .strip_prefix(ALGORITHM)
+        .and_then(|r| r.strip_prefix(' '))
+        .ok_or_else(|| malformed(format!("Authorization is not {ALGORITHM} followed by its parameters")))?;
+    let (mut credential, mut signed, mut signature) = (None, None, None);
+    for part in rest.split(',') {
+        let part = part.trim_matches(' ');
+        let (key, val) = part.split_once('=').ok_or_else(|| malformed("Authorization has a parameter without '='"))?;
+        let slot = match key {
+            "Credential" => &mut credential,
+            "SignedHeaders" => &mut signed,
+            "Signature" => &mut signature,
+            _ => {
+                return Err(malformed("Authorization has a parameter other than Credential, SignedHeaders, Signature"));
+            }
+        };
+        if slot.replace(val).is_some() {
+            return Err(malformed(format!("Authorization has {key} more than once")));
+        }
+    }
+    let credential = credential.ok_or_else(|| malformed("Authorization has no Credential"))?;
+    let signed = signed.ok_or_else(|| malformed("Authorization has no SignedHeaders"))?;
+    let signature = signature.ok_or_else(|| malformed("Authorization has no Signature"))?;
+
+    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(malformed("Authorization Signature is not 64 lowercase hex digits"));
+    }
+
+    let mut scope = credential.split('/');
+    let (Some(akid), Some(date), Some(region), Some(service), Some(terminator), None) =
+        (scope.next(), scope.next(), scope.next(), scope.next(), scope.next(), scope.next())
+    else {
+        return Err(malformed("Credential is not ACCESS_KEY/DATE/REGION/SERVICE/aws4_request"));
+    };
+    if !(16..=128).contains(&akid.len()) || !akid.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+        return Err(malformed("Credential access key id is not 16 to 128 uppercase letters or digits"));
+    }
+    if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed("Credential scope date is not YYYYMMDD"));
+    }
+    if region.is_empty()
+        || region.len() > 64
+        || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(malformed("Credential scope region is not a region name"));
+    }
+    if service != "sts" {
+        return Err(malformed(format!("Credential scope service is {:?}, not \"sts\"", truncate(service))));
+    }
+    if terminator != "aws4_request" {
+        return Err(malformed("Credential scope does not end in aws4_request"));
+    }
+
+    let signed_headers: Vec<&str> = signed.split(';').collect();
+    for (i, name) in signed_headers.iter().enumerate() {
+        if name.is_empty() || !name.bytes().all(is_lower_tchar) {
+            return Err(malformed("SignedHeaders holds an empty or non-lowercase header name"));
+        }
+        if i > 0 && signed_headers[i - 1] >= *name {
+            return Err(malformed("SignedHeaders is not sorted and unique"));
+        }
+    }
+    Ok(Authorization { access_key_id: akid, date, region, signed_headers })
+}
+
+/// Parses `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`, UTC).
+pub(crate) fn parse_amz_date(value: &str) -> Result<SystemTime, Error> {
+    let format = format_description!("[year][month][day]T[hour][minute][second]Z");
+    if value.len() != 16 {
+        return Err(malformed("X-Amz-Date is not YYYYMMDDTHHMMSSZ"));
+    }
+    PrimitiveDateTime::parse(value, format)
+        .map(|t| SystemTime::from(t.assume_utc()))
+        .map_err(|_| malformed("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))
+}
+
+fn truncate(s: &str) -> &str {
+    s.get(..32).unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIG: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn auth(credential: &str, signed: &str) -> String {
+        format!("AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders={signed}, Signature={SIG}")
+    }
+
+    #[test]
+    fn parses_teleport_style() {
+        let v = auth(
+            "AKIAIOSFODNN7EXAMPLE/20261128/us-east-1/sts/aws4_request",
+            "accept;content-length;content-type;host;x-amz-date;x-amz-security-token;x-teleport-challenge",
+        );
+        let a = parse_authorization(&v).unwrap();
+        assert_eq!(a.access_key_id, "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!((a.date, a.region), ("20261128", "us-east-1"));
+        assert_eq!(a.signed_headers.len(), 7);
+    }
+
+    #[test]
+    fn accepts_commas_without_spaces() {
+        let v = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261128/us-east-1/sts/aws4_request,SignedHeaders=host;x-amz-date,Signature={SIG}"
+        );
+        assert!(parse_authorization(&v).is_ok());
+    }
+
+    macro_rules! refuse {
+        ($($name:ident: $value:expr => $msg:expr;)*) => {$(
+            #[test]
+            fn $name() {
+                let e = parse_authorization(&$value).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::MalformedRequest);
+                assert!(e.detail().contains($msg), "{e}");
+                assert!(!e.to_string().contains(SIG), "signature leaked: {e}");
+            }
+        )*};
+    }
+
+    const CRED: &str = "AKIAIOSFODNN7EXAMPLE/20261128/us-east-1/sts/aws4_request";
+
+    refuse! {
+        other_algorithm: auth(CRED, "host").replace("AWS4-HMAC-SHA256", "AWS4-ECDSA-P256-SHA256") => "is not AWS4-HMAC-SHA256";
+        lowercase_algorithm: auth(CRED, "host").replace("AWS4-HMAC-SHA256", "aws4-hmac-sha256") => "is not AWS4-HMAC-SHA256";
+        two_signed_headers: format!("{}, SignedHeaders=host", auth(CRED, "host;x-amz-date")) => "SignedHeaders more than once";
+        two_credentials: format!("{}, Credential={CRED}", auth(CRED, "host")) => "Credential more than once";
+        two_signatures: format!("{}, Signature={SIG}", auth(CRED, "host")) => "Signature more than once";
+        unknown_param: format!("{}, Foo=bar", auth(CRED, "host")) => "other than Credential";
+        no_credential: format!("AWS4-HMAC-SHA256 SignedHeaders=host, Signature={SIG}") => "no Credential";
+        no_signed_headers: format!("AWS4-HMAC-SHA256 Credential={CRED}, Signature={SIG}") => "no SignedHeaders";
+        no_signature: format!("AWS4-HMAC-SHA256 Credential={CRED}, SignedHeaders=host") => "no Signature";
+        short_signature: auth(CRED, "host").replace(SIG, &SIG[..63]) => "64 lowercase hex";
+        upper_signature: auth(CRED, "host").replace(SIG, &SIG.to_uppercase()) => "64 lowercase hex";
+        wrong_service: auth("AKIAIOSFODNN7EXAMPLE/20261128/us-east-1/iam/aws4_request", "host") => "not \"sts\"";
+        wrong_terminator: auth("AKIAIOSFODNN7EXAMPLE/20261128/us-east-1/sts/aws4_requestx", "host") => "aws4_request";
+        extra_scope_part: auth("AKIAIOSFODNN7EXAMPLE/20261128/us-east-1/sts/aws4_request/x", "host") => "ACCESS_KEY/DATE";
+        bad_date: auth("AKIAIOSFODNN7EXAMPLE/2026112/us-east-1/sts/aws4_request", "host") => "YYYYMMDD";
+        injected_region: auth("AKIAIOSFODNN7EXAMPLE/20261128/evil.org?us-east-1/sts/aws4_request", "host") => "region";
+        lowercase_akid: auth("akiaiosfodnn7example/20261128/us-east-1/sts/aws4_request", "host") => "access key id";
+        unsorted_signed_headers: auth(CRED, "x-amz-date;host") => "sorted";
+        duplicate_signed_header: auth(CRED, "host;host") => "sorted";
+        uppercase_signed_header: auth(CRED, "Host;x-amz-date") => "non-lowercase";
+        empty_signed_header: auth(CRED, "host;;x-amz-date") => "empty";
+    }
+
+    #[test]
+    fn amz_date() {
+        let t = parse_amz_date("20261128T150000Z").unwrap();
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 1_795_878_000);
+        for bad in
+            ["2026-11-28T15:00:00Z", "20261128T150000", "20261328T150000Z", "20261128T250000Z", "20261128t150000z", ""]
+        {
+            assert_eq!(parse_amz_date(bad).unwrap_err().kind(), ErrorKind::MalformedRequest, "{bad}");
+        }
+    }
+}
