@@ -5,6 +5,8 @@ cd "$(dirname "$0")"
 vectors=../tests/vectors
 mkdir -p corpus/parse_token corpus/parse_arn corpus/match_rules
 cp "$vectors"/tokens/*/*.yaml corpus/parse_token/
+mkdir -p corpus/parse_forwarded_request
+cp "$vectors"/requests/*.http corpus/parse_forwarded_request/
 n=0
 grep -rhoE 'arn:[A-Za-z0-9:/_+=,.@*?-]+' "$vectors" | sort -u | while read -r arn; do
   n=$((n + 1))

@@ -121,7 +121,10 @@ impl RequestPolicy {
 #[derive(Clone, PartialEq, Eq)]
 pub struct StsRequest {
     endpoint: &'static Endpoint,
-    headers: Vec<(String, String)>,
+    /// The rebuilt header block, `name: value\r\n` per header, names lowercase.
+    head: String,
+    /// Per header: (name start, name end, value start, value end) in `head`.
+    spans: Vec<(u16, u16, u16, u16)>,
     access_key_id: String,
     signed_at: SystemTime,
     accept_json: bool,
@@ -135,38 +138,59 @@ fn challenge_mismatch(detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::ChallengeMismatch, detail)
 }
 
-/// Where the head ends (after the blank line), if within the limit.
-fn head_len(raw: &[u8]) -> Result<usize, Error> {
-    let window = &raw[..raw.len().min(MAX_HEAD_BYTES + 4)];
-    match window.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) if i + 4 <= MAX_HEAD_BYTES => Ok(i + 4),
-        Some(_) => Err(malformed(format!("request head is larger than {MAX_HEAD_BYTES} bytes"))),
-        None if raw.len() > MAX_HEAD_BYTES => {
-            Err(malformed(format!("request head is larger than {MAX_HEAD_BYTES} bytes")))
-        }
-        None => Err(malformed("request head does not end with an empty CRLF line")),
+/// Every CR is followed by LF and every LF preceded by CR.
+fn crlf_only(head: &[u8]) -> bool {
+    memchr::memchr2_iter(b'\r', b'\n', head).all(|i| match head[i] {
+        b'\r' => head.get(i + 1) == Some(&b'\n'),
+        _ => i > 0 && head[i - 1] == b'\r',
+    })
+}
+
+/// The request's headers, names lowercased once into one buffer so that the many lookups by
+/// (lowercase) name are plain comparisons.
+struct Headers<'h> {
+    names: String,
+    /// (end of the name in `names`, value).
+    entries: Vec<(usize, &'h str)>,
+}
+
+impl<'h> Headers<'h> {
+    fn with_capacity(n: usize) -> Self {
+        Self { names: String::with_capacity(n * 24), entries: Vec::with_capacity(n) }
     }
-}
 
-/// The values of every header named `name` (lowercase).
-fn values<'h>(headers: &'h [(String, &'h str)], name: &str) -> impl Iterator<Item = &'h str> {
-    let name = name.to_owned();
-    headers.iter().filter(move |(n, _)| *n == name).map(|(_, v)| *v)
-}
+    fn push(&mut self, name: &str, value: &'h str) {
+        let start = self.names.len();
+        self.names.push_str(name);
+        self.names[start..].make_ascii_lowercase();
+        self.entries.push((self.names.len(), value));
+    }
 
-/// The value of the one header named `name`; an error naming it as `shown` if it is absent or
-/// repeated.
-fn one<'h>(headers: &'h [(String, &'h str)], name: &str, shown: &str) -> Result<&'h str, Error> {
-    let mut it = values(headers, name);
-    match (it.next(), it.next()) {
-        (Some(v), None) => Ok(v),
-        (None, _) => Err(malformed(format!("request has no {shown} header"))),
-        (Some(_), Some(_)) => Err(malformed(format!("request has more than one {shown} header"))),
+    /// The values of every header named `name` (lowercase).
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'h str> + 'a {
+        let mut start = 0;
+        self.entries.iter().filter_map(move |&(end, value)| {
+            let n = &self.names[start..end];
+            start = end;
+            (n == name).then_some(value)
+        })
+    }
+
+    /// The value of the one header named `name`; an error naming it as `shown` if it is absent
+    /// or repeated.
+    fn one(&self, name: &str, shown: &str) -> Result<&'h str, Error> {
+        let mut it = self.values(name);
+        match (it.next(), it.next()) {
+            (Some(v), None) => Ok(v),
+            (None, _) => Err(malformed(format!("request has no {shown} header"))),
+            (Some(_), Some(_)) => Err(malformed(format!("request has more than one {shown} header"))),
+        }
     }
 }
 
 fn is_visible_ascii(v: &[u8]) -> bool {
-    v.iter().all(|&b| (0x20..=0x7e).contains(&b))
+    // No short circuit, so the loop vectorizes: values are short and almost always valid.
+    v.iter().fold(true, |ok, &b| ok & (b.wrapping_sub(0x20) < 0x5f))
 }
 
 fn is_form_content_type(v: &str) -> bool {
@@ -181,29 +205,28 @@ impl StsRequest {
     /// Every refusal is one of `malformed_request`, `untrusted_endpoint`, `challenge_mismatch`,
     /// `request_expired`.
     pub fn parse(raw: &[u8], challenge: &str, policy: &RequestPolicy, now: SystemTime) -> Result<Self, Error> {
-        let head_len = head_len(raw)?;
-        let head = &raw[..head_len];
-        // CRLF only: a bare CR or LF is how requests get split differently by different parsers.
-        for (i, &b) in head.iter().enumerate() {
-            let bad = match b {
-                b'\n' => i == 0 || head[i - 1] != b'\r',
-                b'\r' => head.get(i + 1) != Some(&b'\n'),
-                _ => false,
-            };
-            if bad {
-                return Err(malformed("request head has a bare CR or LF; lines must end in CRLF"));
-            }
-        }
-
+        // httparse finds the end of the head itself; it only ever sees the first 16 KiB.
+        let window = &raw[..raw.len().min(MAX_HEAD_BYTES)];
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut slots);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(n)) if n == head_len => {}
-            Ok(_) => return Err(malformed("request head is incomplete")),
+        let head_len = match req.parse(window) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if raw.len() >= MAX_HEAD_BYTES => {
+                return Err(malformed(format!("request head is larger than {MAX_HEAD_BYTES} bytes")));
+            }
+            Ok(httparse::Status::Partial) => {
+                return Err(malformed("request head does not end with an empty CRLF line"));
+            }
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(malformed(format!("request has more than {MAX_HEADERS} headers")));
             }
             Err(e) => return Err(malformed(format!("request head is not valid HTTP/1.1: {e}"))),
+        };
+        let head = &raw[..head_len];
+        // CRLF only: a bare CR or LF is how requests get split differently by different parsers
+        // (httparse itself tolerates bare LF line endings).
+        if !crlf_only(head) || !head.ends_with(b"\r\n\r\n") {
+            return Err(malformed("request head has a bare CR or LF; lines must end in CRLF"));
         }
         if req.method != Some("POST") {
             return Err(malformed("request method is not POST"));
@@ -215,19 +238,26 @@ impl StsRequest {
             return Err(malformed("request is not HTTP/1.1"));
         }
 
-        // Lowercase names, values as received (httparse has trimmed surrounding whitespace).
-        let mut headers: Vec<(String, &str)> = Vec::with_capacity(req.headers.len());
+        // Names as received (looked up case-insensitively), values as received (httparse has
+        // trimmed surrounding whitespace).
+        let mut headers = Headers::with_capacity(req.headers.len());
         for h in req.headers.iter() {
             if !is_visible_ascii(h.value) {
                 return Err(malformed(format!("header {} has a control or non-ASCII character", h.name)));
             }
-            let value = std::str::from_utf8(h.value).map_err(|_| malformed("header value is not ASCII"))?;
-            headers.push((h.name.to_ascii_lowercase(), value));
         }
-        let all = |name: &str| values(&headers, name).collect::<Vec<_>>();
-        let one = |name: &str, shown: &str| one(&headers, name, shown);
+        // Every value is visible ASCII now, and the rest of the head was checked by httparse, so
+        // one UTF-8 check of the whole head lets values be sliced from it as text.
+        let text = std::str::from_utf8(head).map_err(|_| malformed("request head is not ASCII"))?;
+        for h in req.headers.iter() {
+            let start = h.value.as_ptr() as usize - head.as_ptr() as usize;
+            let value = text.get(start..start + h.value.len()).ok_or_else(|| malformed("header value is not ASCII"))?;
+            headers.push(h.name, value);
+        }
+        let count = |name: &str| headers.values(name).count();
+        let one = |name: &str, shown: &str| headers.one(name, shown);
 
-        if !all("transfer-encoding").is_empty() {
+        if count("transfer-encoding") > 0 {
             return Err(malformed("request has Transfer-Encoding; only a Content-Length body is accepted"));
         }
         let content_length = one("content-length", "Content-Length")?;
@@ -244,9 +274,8 @@ impl StsRequest {
         let host = one("host", "Host")?;
         let authorization = one("authorization", "Authorization")?;
         let amz_date = one("x-amz-date", "X-Amz-Date")?;
-        let tokens = all("x-amz-security-token");
-        let security_token = tokens.first().copied();
-        if tokens.len() > 1 {
+        let security_token = headers.values("x-amz-security-token").next();
+        if count("x-amz-security-token") > 1 {
             return Err(malformed("request has more than one X-Amz-Security-Token header"));
         }
 
@@ -257,16 +286,13 @@ impl StsRequest {
             }
         }
         let challenge_name = policy.challenge_header.as_str();
-        let mut signed = Vec::with_capacity(auth.signed_headers.len() + 2);
+        let mut signed_values = Vec::with_capacity(auth.signed_headers.len());
         for &name in &auth.signed_headers {
             if is_forbidden_signed(name) {
                 return Err(malformed(format!("{name} must not be signed: it is a hop-by-hop or proxy header")));
             }
-            if name == challenge_name {
-                continue; // checked below, with its own error kind
-            }
-            let value = one(name, name)?;
-            signed.push((name.to_owned(), value.to_owned()));
+            // Present exactly once (the challenge is checked below, with its own error kind).
+            signed_values.push(if name == challenge_name { "" } else { one(name, name)? });
         }
         let content_type = one("content-type", "Content-Type")?;
         if !is_form_content_type(content_type) {
@@ -304,9 +330,9 @@ impl StsRequest {
             )));
         }
 
-        let received = match all(challenge_name).as_slice() {
-            [v] => *v,
-            [] => return Err(challenge_mismatch(format!("request has no {challenge_name} header"))),
+        let received = match (count(challenge_name), headers.values(challenge_name).next()) {
+            (1, Some(v)) => v,
+            (0, _) => return Err(challenge_mismatch(format!("request has no {challenge_name} header"))),
             _ => return Err(challenge_mismatch(format!("request has more than one {challenge_name} header"))),
         };
         if !auth.signed_headers.contains(&challenge_name) {
@@ -315,18 +341,26 @@ impl StsRequest {
         if !challenge::matches(received, challenge) {
             return Err(challenge_mismatch(format!("{challenge_name} does not hold the challenge this server issued")));
         }
-        // Keep the signed headers in SignedHeaders order, the challenge in its place.
-        let position = auth.signed_headers.iter().position(|n| *n == challenge_name).unwrap_or(signed.len());
-        signed.insert(position, (challenge_name.to_owned(), received.to_owned()));
-
-        let accept_json = signed.iter().any(|(n, v)| n == "accept" && v.eq_ignore_ascii_case("application/json"));
-        signed.push(("authorization".to_owned(), authorization.to_owned()));
+        let accept_json = headers.values("accept").next().is_some_and(|v| v.eq_ignore_ascii_case("application/json"))
+            && auth.signed_headers.contains(&"accept");
+        let mut out = Rebuilt::with_capacity(head_len + 64, auth.signed_headers.len() + 2);
+        for (&name, &value) in auth.signed_headers.iter().zip(&signed_values) {
+            out.push(name, if name == challenge_name { received } else { value });
+        }
+        out.push("authorization", authorization);
         if let Some(token) = security_token
             && !auth.signed_headers.contains(&"x-amz-security-token")
         {
-            signed.push(("x-amz-security-token".to_owned(), token.to_owned()));
+            out.push("x-amz-security-token", token);
         }
-        Ok(Self { endpoint, headers: signed, access_key_id: auth.access_key_id.to_owned(), signed_at, accept_json })
+        Ok(Self {
+            endpoint,
+            head: out.head,
+            spans: out.spans,
+            access_key_id: auth.access_key_id.to_owned(),
+            signed_at,
+            accept_json,
+        })
     }
 
     /// The validated STS endpoint the request is signed for.
@@ -343,7 +377,7 @@ impl StsRequest {
     /// `host` and `content-length`), then `authorization`, then `x-amz-security-token` when the
     /// agent sent one without signing it.
     pub fn headers(&self) -> impl DoubleEndedIterator<Item = (&str, &str)> + ExactSizeIterator {
-        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.spans.iter().map(|&(a, b, c, d)| (&self.head[a.into()..b.into()], &self.head[c.into()..d.into()]))
     }
 
     /// The body to send: always [`GET_CALLER_IDENTITY_BODY`].
@@ -370,15 +404,10 @@ impl StsRequest {
     /// The rebuilt request as HTTP/1.1 bytes (what would be sent on the wire), for logs of sizes,
     /// tests and tools. Adds `content-length` when the agent did not sign it.
     pub fn to_http1(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1024);
+        let mut out = Vec::with_capacity(self.head.len() + 96);
         out.extend_from_slice(b"POST / HTTP/1.1\r\n");
-        for (n, v) in &self.headers {
-            out.extend_from_slice(n.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !self.headers.iter().any(|(n, _)| n == "content-length") {
+        out.extend_from_slice(self.head.as_bytes());
+        if !self.headers().any(|(n, _)| n == "content-length") {
             out.extend_from_slice(format!("content-length: {}\r\n", GET_CALLER_IDENTITY_BODY.len()).as_bytes());
         }
         out.extend_from_slice(b"\r\n");
@@ -387,18 +416,45 @@ impl StsRequest {
     }
 }
 
+/// The rebuilt header block under construction.
+struct Rebuilt {
+    head: String,
+    spans: Vec<(u16, u16, u16, u16)>,
+}
+
+impl Rebuilt {
+    fn with_capacity(bytes: usize, headers: usize) -> Self {
+        Self { head: String::with_capacity(bytes), spans: Vec::with_capacity(headers) }
+    }
+
+    /// Appends `name: value\r\n`. Offsets fit in u16: the head is at most MAX_HEAD_BYTES.
+    fn push(&mut self, name: &str, value: &str) {
+        let at = |len: usize| u16::try_from(len).unwrap_or(u16::MAX);
+        let a = at(self.head.len());
+        // Names are lowercase already: SignedHeaders only holds lowercase names.
+        self.head.push_str(name);
+        let b = at(self.head.len());
+        self.head.push_str(": ");
+        let c = at(self.head.len());
+        self.head.push_str(value);
+        let d = at(self.head.len());
+        self.head.push_str("\r\n");
+        self.spans.push((a, b, c, d));
+    }
+}
+
 /// Redacted: header names with value lengths, never values.
 impl fmt::Debug for StsRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Lens<'a>(&'a [(String, String)]);
+        struct Lens<'a>(&'a StsRequest);
         impl fmt::Debug for Lens<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_map().entries(self.0.iter().map(|(n, v)| (n, format!("<{} bytes>", v.len())))).finish()
+                f.debug_map().entries(self.0.headers().map(|(n, v)| (n, format!("<{} bytes>", v.len())))).finish()
             }
         }
         f.debug_struct("StsRequest")
             .field("endpoint", &self.endpoint.host())
-            .field("headers", &Lens(&self.headers))
+            .field("headers", &Lens(self))
             .field("accept_json", &self.accept_json)
             .finish_non_exhaustive()
     }

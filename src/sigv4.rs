@@ -5,8 +5,7 @@
 
 use std::time::SystemTime;
 
-use time::PrimitiveDateTime;
-use time::macros::format_description;
+use time::{Date, Month, PrimitiveDateTime, Time};
 
 use crate::error::{Error, ErrorKind};
 
@@ -28,14 +27,39 @@ fn malformed(detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::MalformedRequest, detail)
 }
 
-/// RFC 9110 `tchar`, lowercase only (SigV4 lists header names lowercased).
-fn is_lower_tchar(b: u8) -> bool {
-    b.is_ascii_lowercase()
-        || b.is_ascii_digit()
-        || matches!(
-            b,
-            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-        )
+/// RFC 9110 `tchar`, lowercase only (SigV4 lists header names lowercased), as a table.
+const LOWER_TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || matches!(
+                b,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
+/// Splits at each `sep` with memchr (the strict formats here have few, short fields).
+fn fields(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(sep, r.as_bytes()) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Error> {
@@ -44,7 +68,7 @@ pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Erro
         .and_then(|r| r.strip_prefix(' '))
         .ok_or_else(|| malformed(format!("Authorization is not {ALGORITHM} followed by its parameters")))?;
     let (mut credential, mut signed, mut signature) = (None, None, None);
-    for part in rest.split(',') {
+    for part in fields(rest, b',') {
         let part = part.trim_matches(' ');
         let (key, val) = part.split_once('=').ok_or_else(|| malformed("Authorization has a parameter without '='"))?;
         let slot = match key {
@@ -67,7 +91,7 @@ pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Erro
         return Err(malformed("Authorization Signature is not 64 lowercase hex digits"));
     }
 
-    let mut scope = credential.split('/');
+    let mut scope = fields(credential, b'/');
     let (Some(akid), Some(date), Some(region), Some(service), Some(terminator), None) =
         (scope.next(), scope.next(), scope.next(), scope.next(), scope.next(), scope.next())
     else {
@@ -92,9 +116,9 @@ pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Erro
         return Err(malformed("Credential scope does not end in aws4_request"));
     }
 
-    let signed_headers: Vec<&str> = signed.split(';').collect();
+    let signed_headers: Vec<&str> = fields(signed, b';').collect();
     for (i, name) in signed_headers.iter().enumerate() {
-        if name.is_empty() || !name.bytes().all(is_lower_tchar) {
+        if name.is_empty() || !name.bytes().all(|b| LOWER_TCHAR[usize::from(b)]) {
             return Err(malformed("SignedHeaders holds an empty or non-lowercase header name"));
         }
         if i > 0 && signed_headers[i - 1] >= *name {
@@ -104,15 +128,25 @@ pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Erro
     Ok(Authorization { access_key_id: akid, date, region, signed_headers })
 }
 
-/// Parses `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`, UTC).
+/// Parses `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`, UTC). The fixed-width digits are read directly;
+/// the `time` crate checks that they form a real date and time.
 pub(crate) fn parse_amz_date(value: &str) -> Result<SystemTime, Error> {
-    let format = format_description!("[year][month][day]T[hour][minute][second]Z");
-    if value.len() != 16 {
-        return Err(malformed("X-Amz-Date is not YYYYMMDDTHHMMSSZ"));
+    let bad = || malformed("X-Amz-Date is not YYYYMMDDTHHMMSSZ");
+    let b = value.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return Err(bad());
     }
-    PrimitiveDateTime::parse(value, format)
-        .map(|t| SystemTime::from(t.assume_utc()))
-        .map_err(|_| malformed("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))
+    let num = |range: std::ops::Range<usize>| -> Result<u32, Error> {
+        b[range]
+            .iter()
+            .try_fold(0u32, |n, &d| if d.is_ascii_digit() { Ok(n * 10 + u32::from(d - b'0')) } else { Err(bad()) })
+    };
+    let (year, month, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (hour, minute, second) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    let month = u8::try_from(month).ok().and_then(|m| Month::try_from(m).ok()).ok_or_else(bad)?;
+    let date = Date::from_calendar_date(year as i32, month, day as u8).map_err(|_| bad())?;
+    let time = Time::from_hms(hour as u8, minute as u8, second as u8).map_err(|_| bad())?;
+    Ok(SystemTime::from(PrimitiveDateTime::new(date, time).assume_utc()))
 }
 
 fn truncate(s: &str) -> &str {

@@ -135,7 +135,7 @@ refuse! {
     target_path: |s| swap(s, "POST / ", "POST /x ") => MalformedRequest, "target";
     http_1_0: |s| swap(s, "HTTP/1.1", "HTTP/1.0") => MalformedRequest, "HTTP/1.1";
     bare_lf_line: |s| swap(s, "User-Agent: Go-http-client/1.1\r\n", "User-Agent: Go-http-client/1.1\n") => MalformedRequest, "bare CR or LF";
-    bare_cr_in_value: |s| swap(s, "Go-http-client/1.1", "Go-http\rclient/1.1") => MalformedRequest, "bare CR or LF";
+    bare_cr_in_value: |s| swap(s, "Go-http-client/1.1", "Go-http\rclient/1.1") => MalformedRequest, "not valid HTTP/1.1";
     no_blank_line: |s| s.split("\r\n\r\n").next().unwrap().to_owned() => MalformedRequest, "empty CRLF line";
     oversized_head: |s| swap(s, "User-Agent: ", &format!("X-Pad: {}\r\nUser-Agent: ", "a".repeat(17_000))) => MalformedRequest, "larger than 16384";
     too_many_headers: |s| swap(s, "User-Agent: ", &format!("{}User-Agent: ", "X-Pad: 1\r\n".repeat(60))) => MalformedRequest, "more than 64 headers";
