@@ -87,6 +87,20 @@ impl fmt::Display for Problem {
     }
 }
 
+/// What STS said when it refused, kept for the server's log. The message is STS's own text and
+/// should not be passed to the joining client verbatim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsErrorInfo {
+    /// The HTTP status.
+    pub status: u16,
+    /// STS's error code, e.g. `SignatureDoesNotMatch`; empty when the body had none.
+    pub code: String,
+    /// STS's error message; empty when the body had none.
+    pub message: String,
+    /// STS's request id, when given.
+    pub request_id: Option<String>,
+}
+
 /// Why verification refused, or why configuration could not be loaded.
 ///
 /// `Display` is `"<kind>: <detail>"`: fixed text plus safe detail. It never contains a signature,
@@ -99,13 +113,54 @@ pub struct Error {
     detail: String,
     problems: Vec<Problem>,
     retryable: Option<bool>,
+    sts: Option<Box<StsErrorInfo>>,
+    identity: Option<Box<crate::response::CallerIdentity>>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into(), problems: Vec::new(), retryable: None, source: None }
+        Self {
+            kind,
+            detail: detail.into(),
+            problems: Vec::new(),
+            retryable: None,
+            sts: None,
+            identity: None,
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_retryable(mut self, retryable: bool) -> Self {
+        self.retryable = Some(retryable);
+        self
+    }
+
+    pub(crate) fn with_sts(mut self, info: StsErrorInfo) -> Self {
+        self.sts = Some(Box::new(info));
+        self
+    }
+
+    pub(crate) fn with_identity(mut self, identity: crate::response::CallerIdentity) -> Self {
+        self.identity = Some(Box::new(identity));
+        self
+    }
+
+    pub(crate) fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// What STS said, when STS refused (`signature_rejected`, `sts_unavailable`).
+    pub fn sts_error(&self) -> Option<&StsErrorInfo> {
+        self.sts.as_deref()
+    }
+
+    /// The verified identity, when verification got that far (`not_allowed` always has one), for
+    /// the audit log.
+    pub fn identity(&self) -> Option<&crate::response::CallerIdentity> {
+        self.identity.as_deref()
     }
 
     pub(crate) fn with_problems(mut self, problems: Vec<Problem>) -> Self {

@@ -38,14 +38,19 @@ pub mod challenge;
 mod endpoint;
 mod error;
 mod request;
+mod response;
 mod rules;
 mod sigv4;
 mod token;
 
 pub use arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Service};
 pub use endpoint::{Endpoint, EndpointPolicy, FipsMode};
-pub use error::{Error, ErrorKind, Problem};
+pub use error::{Error, ErrorKind, Problem, StsErrorInfo};
 pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};
+pub use response::{
+    CallerIdentity, MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer,
+    parse_sts_response,
+};
 pub use rules::{Check, Explanation, RuleMatcher, RuleOutcome};
 pub use token::{
     MAX_ARN_PATTERN_LEN, MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, OrganizationalUnits,

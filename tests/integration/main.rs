@@ -7,4 +7,5 @@ mod common;
 mod endpoints;
 mod matching;
 mod requests;
+mod sts_responses;
 mod tokens;

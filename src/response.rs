@@ -1,0 +1,425 @@
+//! STS's answer → a consistent [`CallerIdentity`], or a classified refusal. Sans-IO: status,
+//! content type and body bytes in, result out.
+//!
+//! Nothing lenient: the Vault bypass (CVE-2020-16250) was a decoder that found an identity inside
+//! another API's echoed body. The XML must be exactly one `GetCallerIdentityResponse` in STS's
+//! namespace holding exactly one result with exactly one `Arn`, `UserId` and `Account`; no
+//! DOCTYPE, entity declarations, comments, CDATA, processing instructions (but the XML
+//! declaration) or trailing content; at most 16 levels deep and 64 KiB.
+
+use std::fmt;
+
+use quick_xml::events::Event;
+use serde::Deserialize;
+
+use crate::arn::{AccountId, Arn};
+use crate::error::{Error, ErrorKind, StsErrorInfo};
+
+/// The largest STS response body read. A real GetCallerIdentity answer is under 1 KiB; error
+/// bodies are smaller still.
+pub const MAX_STS_RESPONSE_BYTES: usize = 64 * 1024;
+/// The deepest XML nesting accepted. A real answer is 3 levels deep.
+pub const MAX_XML_DEPTH: usize = 16;
+/// The longest `UserId` accepted (`AROA...:session-name` is at most about 150 characters).
+pub const MAX_USER_ID_LEN: usize = 512;
+/// STS's XML namespace.
+pub const STS_NAMESPACE: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
+
+/// A verified AWS identity, as STS returned it and consistent with itself.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CallerIdentity {
+    account: AccountId,
+    arn: Arn,
+    user_id: String,
+}
+
+impl CallerIdentity {
+    /// The 12-digit account.
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+
+    /// The principal's ARN, parsed.
+    pub fn arn(&self) -> &Arn {
+        &self.arn
+    }
+
+    /// The unique id (`AIDA...` for users, `AROA...:session` for assumed roles).
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    /// Builds an identity from its parts with the checks applied to STS answers.
+    pub fn new(account: &str, arn: &str, user_id: &str) -> Result<Self, Error> {
+        let invalid = |d: String| Error::new(ErrorKind::StsResponseInvalid, d);
+        let account = AccountId::parse(account).ok_or_else(|| invalid("Account is not 12 digits".to_owned()))?;
+        let arn = Arn::parse(arn).map_err(|e| invalid(format!("Arn is not a principal ARN: {e}")))?;
+        if arn.account() != &account {
+            return Err(invalid(format!("Arn is in account {} but Account is {account}", arn.account())));
+        }
+        if user_id.is_empty() || user_id.len() > MAX_USER_ID_LEN || !user_id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        {
+            return Err(invalid("UserId is empty, too long or not printable ASCII".to_owned()));
+        }
+        Ok(Self { account, arn, user_id: user_id.to_owned() })
+    }
+}
+
+impl fmt::Debug for CallerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallerIdentity")
+            .field("account", &self.account.as_str())
+            .field("arn", &self.arn.as_str())
+            .field("user_id", &self.user_id)
+            .finish()
+    }
+}
+
+/// A successful answer: the identity and STS's request id, when given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsAnswer {
+    /// The verified identity.
+    pub identity: CallerIdentity,
+    /// `ResponseMetadata/RequestId`, for correlating with AWS's logs.
+    pub request_id: Option<String>,
+}
+
+enum Format {
+    Xml,
+    Json,
+    Other,
+}
+
+fn format_of(content_type: Option<&str>) -> Format {
+    let media = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match media.as_str() {
+        "text/xml" | "application/xml" => Format::Xml,
+        "application/json" | "application/x-amz-json-1.1" | "application/x-amz-json-1.0" => Format::Json,
+        _ => Format::Other,
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> Error {
+    Error::new(ErrorKind::StsResponseInvalid, detail)
+}
+
+/// Parses STS's answer to a forwarded `GetCallerIdentity`.
+///
+/// - 200 with a valid, consistent identity: `Ok`. Any other 200: `sts_response_invalid`.
+/// - 4xx: `signature_rejected` (STS refused the credentials or the signature), except throttling,
+///   which is `sts_unavailable`. 5xx: `sts_unavailable`. Anything else: `sts_unavailable`, not
+///   retryable (a redirect is never followed).
+///
+/// STS's error code, message and request id are kept in [`Error::sts_error`] for the server's
+/// log; the message is not part of the error's `Display`.
+///
+/// ```
+/// let body = br#"<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+///   <GetCallerIdentityResult>
+///     <Arn>arn:aws:iam::123456789012:user/alice</Arn>
+///     <UserId>AIDAEXAMPLEUSERID</UserId>
+///     <Account>123456789012</Account>
+///   </GetCallerIdentityResult>
+///   <ResponseMetadata><RequestId>01234567-89ab-cdef-0123-456789abcdef</RequestId></ResponseMetadata>
+/// </GetCallerIdentityResponse>"#;
+/// let answer = iam_join::parse_sts_response(200, Some("text/xml"), body).unwrap();
+/// assert_eq!(answer.identity.arn().as_str(), "arn:aws:iam::123456789012:user/alice");
+/// ```
+pub fn parse_sts_response(status: u16, content_type: Option<&str>, body: &[u8]) -> Result<StsAnswer, Error> {
+    if body.len() > MAX_STS_RESPONSE_BYTES {
+        return Err(if status == 200 {
+            invalid(format!("STS answer is larger than {MAX_STS_RESPONSE_BYTES} bytes"))
+        } else {
+            refusal(status, None)
+        });
+    }
+    let format = format_of(content_type);
+    if status != 200 {
+        let info = match format {
+            Format::Xml => {
+                std::str::from_utf8(body).ok().and_then(|t| parse_xml(t, true).ok()).and_then(|n| xml_error(&n))
+            }
+            Format::Json => json_error(body),
+            Format::Other => None,
+        };
+        return Err(refusal(status, info));
+    }
+    match format {
+        Format::Xml => {
+            let text = std::str::from_utf8(body).map_err(|_| invalid("STS answer is not UTF-8"))?;
+            xml_identity(&parse_xml(text, false)?)
+        }
+        Format::Json => json_identity(body),
+        Format::Other => Err(invalid(format!(
+            "STS answered with content type {:?}, neither XML nor JSON",
+            content_type.unwrap_or("").chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
+/// Codes STS uses when it is overloaded rather than refusing the caller.
+fn is_throttling(code: &str) -> bool {
+    matches!(
+        code,
+        "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "TooManyRequestsException"
+            | "ServiceUnavailable"
+            | "InternalFailure"
+    )
+}
+
+fn refusal(status: u16, info: Option<StsErrorInfo>) -> Error {
+    let code = info.as_ref().map(|i| i.code.as_str()).unwrap_or("");
+    let shown = if code.is_empty() { "no error code".to_owned() } else { code.chars().take(64).collect() };
+    let (kind, retryable, what) = match status {
+        400..=499 if is_throttling(code) || status == 429 => (ErrorKind::StsUnavailable, true, "STS is throttling"),
+        400..=499 => (ErrorKind::SignatureRejected, false, "STS refused the credentials or signature"),
+        500..=599 => (ErrorKind::StsUnavailable, true, "STS failed"),
+        300..=399 => (ErrorKind::StsUnavailable, false, "STS answered a redirect, which is never followed"),
+        _ => (ErrorKind::StsUnavailable, false, "STS answered an unexpected status"),
+    };
+    let info = info.unwrap_or(StsErrorInfo { status, code: String::new(), message: String::new(), request_id: None });
+    Error::new(kind, format!("{what}: {shown} (HTTP {status})"))
+        .with_retryable(retryable)
+        .with_sts(StsErrorInfo { status, ..info })
+}
+
+// ---- XML ----------------------------------------------------------------------------------------
+
+/// A bounded, strict element tree.
+#[derive(Debug, Default)]
+struct Node {
+    name: String,
+    xmlns: Option<String>,
+    text: String,
+    children: Vec<Node>,
+}
+
+impl Node {
+    fn only(&self, name: &str) -> Result<&Node, Error> {
+        let mut it = self.children.iter().filter(|c| c.name == name);
+        match (it.next(), it.next()) {
+            (Some(n), None) => Ok(n),
+            (None, _) => Err(invalid(format!("{} has no {name}", self.name))),
+            _ => Err(invalid(format!("{} has more than one {name}", self.name))),
+        }
+    }
+
+    fn leaf(&self, name: &str) -> Result<&str, Error> {
+        let n = self.only(name)?;
+        if !n.children.is_empty() || n.text.is_empty() {
+            return Err(invalid(format!("{name} is empty or not text")));
+        }
+        Ok(&n.text)
+    }
+
+    fn allow_only(&self, names: &[&str]) -> Result<(), Error> {
+        match self.children.iter().find(|c| !names.contains(&c.name.as_str())) {
+            Some(c) => Err(invalid(format!("{} holds an unexpected element {}", self.name, printable(&c.name)))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn printable(s: &str) -> String {
+    format!("{:?}", s.chars().take(64).collect::<String>())
+}
+
+/// `lenient` (for error bodies, which only feed the log) also accepts comments and CDATA.
+fn parse_xml(text: &str, lenient: bool) -> Result<Node, Error> {
+    let mut reader = quick_xml::Reader::from_str(text);
+    reader.config_mut().expand_empty_elements = true;
+    let mut stack: Vec<Node> = Vec::new();
+    let mut root: Option<Node> = None;
+    let mut first = true;
+    loop {
+        let event = reader.read_event().map_err(|e| invalid(format!("STS answer is not well-formed XML: {e}")))?;
+        let was_first = std::mem::replace(&mut first, false);
+        match event {
+            Event::Decl(_) if was_first => {}
+            Event::Decl(_) => return Err(invalid("XML declaration not at the start")),
+            Event::DocType(_) => return Err(invalid("STS answer has a DOCTYPE")),
+            Event::PI(_) => return Err(invalid("STS answer has a processing instruction")),
+            Event::Comment(_) if lenient => {}
+            Event::Comment(_) => return Err(invalid("STS answer has a comment")),
+            Event::CData(c) if lenient => {
+                if let Some(node) = stack.last_mut() {
+                    node.text.push_str(&c.into_inner());
+                }
+            }
+            Event::CData(_) => return Err(invalid("STS answer has a CDATA section")),
+            Event::Start(e) => {
+                if root.is_some() {
+                    return Err(invalid("STS answer has content after its root element"));
+                }
+                if stack.len() >= MAX_XML_DEPTH {
+                    return Err(invalid(format!("STS answer nests deeper than {MAX_XML_DEPTH}")));
+                }
+                let name = e.name().as_ref().to_owned();
+                let mut node = Node { name, ..Node::default() };
+                for attr in e.attributes() {
+                    let attr = attr.map_err(|e| invalid(format!("bad attribute: {e}")))?;
+                    if attr.key.as_ref() != "xmlns" || node.xmlns.is_some() {
+                        return Err(invalid(format!("element {} has an unexpected attribute", printable(&node.name))));
+                    }
+                    let value = attr
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map_err(|e| invalid(format!("bad attribute: {e}")))?;
+                    node.xmlns = Some(value.into_owned());
+                }
+                stack.push(node);
+            }
+            Event::End(_) => {
+                let node = stack.pop().ok_or_else(|| invalid("unbalanced end tag"))?;
+                if !node.children.is_empty() && !node.text.trim().is_empty() {
+                    return Err(invalid(format!("element {} mixes text and elements", printable(&node.name))));
+                }
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(node),
+                    None => root = Some(node),
+                }
+            }
+            Event::Text(t) => {
+                let content = t.xml10_content();
+                match stack.last_mut() {
+                    Some(node) => node.text.push_str(&content),
+                    None if content.trim().is_empty() => {}
+                    None => return Err(invalid("STS answer has text outside its root element")),
+                }
+            }
+            Event::GeneralRef(r) => {
+                let resolved = match r.resolve_char_ref() {
+                    Ok(Some(c)) => c.to_string(),
+                    _ => quick_xml::escape::resolve_predefined_entity(&r)
+                        .ok_or_else(|| invalid("STS answer references an undeclared entity"))?
+                        .to_owned(),
+                };
+                match stack.last_mut() {
+                    Some(node) => node.text.push_str(&resolved),
+                    None => return Err(invalid("STS answer has text outside its root element")),
+                }
+            }
+            Event::Eof => break,
+            Event::Empty(_) => return Err(invalid("unexpected empty element")),
+        }
+    }
+    if !stack.is_empty() {
+        return Err(invalid("STS answer is truncated"));
+    }
+    root.ok_or_else(|| invalid("STS answer has no root element"))
+}
+
+fn xml_identity(root: &Node) -> Result<StsAnswer, Error> {
+    if root.name != "GetCallerIdentityResponse" {
+        return Err(invalid(format!("STS answer is {}, not GetCallerIdentityResponse", printable(&root.name))));
+    }
+    if root.xmlns.as_deref() != Some(STS_NAMESPACE) {
+        return Err(invalid("GetCallerIdentityResponse is not in STS's namespace"));
+    }
+    let in_namespace = |n: &Node| n.xmlns.is_none() || n.xmlns.as_deref() == Some(STS_NAMESPACE);
+    fn all<'a>(n: &'a Node, f: &dyn Fn(&Node) -> bool) -> bool {
+        f(n) && n.children.iter().all(|c| all(c, f))
+    }
+    if !root.children.iter().all(|c| all(c, &in_namespace)) {
+        return Err(invalid("an element of the answer is in another namespace"));
+    }
+    root.allow_only(&["GetCallerIdentityResult", "ResponseMetadata"])?;
+    let result = root.only("GetCallerIdentityResult")?;
+    result.allow_only(&["Arn", "UserId", "Account"])?;
+    let request_id = match root.children.iter().filter(|c| c.name == "ResponseMetadata").count() {
+        0 => None,
+        1 => {
+            let meta = root.only("ResponseMetadata")?;
+            meta.allow_only(&["RequestId"])?;
+            Some(meta.leaf("RequestId")?.to_owned())
+        }
+        _ => return Err(invalid("GetCallerIdentityResponse has more than one ResponseMetadata")),
+    };
+    let identity = CallerIdentity::new(result.leaf("Account")?, result.leaf("Arn")?, result.leaf("UserId")?)?;
+    Ok(StsAnswer { identity, request_id })
+}
+
+/// `<ErrorResponse><Error>..</Error><RequestId>..</RequestId></ErrorResponse>`, or with the
+/// `<Errors>` wrapper some emulators use.
+fn xml_error(root: &Node) -> Option<StsErrorInfo> {
+    if root.name != "ErrorResponse" {
+        return None;
+    }
+    let error = root.children.iter().find(|c| c.name == "Error").or_else(|| {
+        root.children.iter().find(|c| c.name == "Errors").and_then(|e| e.children.iter().find(|c| c.name == "Error"))
+    })?;
+    let text = |n: &Node, name: &str| n.children.iter().find(|c| c.name == name).map(|c| c.text.trim().to_owned());
+    Some(StsErrorInfo {
+        status: 0,
+        code: text(error, "Code").unwrap_or_default(),
+        message: text(error, "Message").unwrap_or_default(),
+        request_id: text(root, "RequestId").or_else(|| text(error, "RequestId")),
+    })
+}
+
+// ---- JSON ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonEnvelope {
+    #[serde(rename = "GetCallerIdentityResponse")]
+    response: JsonResponse,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonResponse {
+    #[serde(rename = "GetCallerIdentityResult")]
+    result: JsonResult,
+    #[serde(rename = "ResponseMetadata", default)]
+    metadata: Option<JsonMetadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonResult {
+    #[serde(rename = "Account")]
+    account: String,
+    #[serde(rename = "Arn")]
+    arn: String,
+    #[serde(rename = "UserId")]
+    user_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonMetadata {
+    #[serde(rename = "RequestId")]
+    request_id: String,
+}
+
+fn json_identity(body: &[u8]) -> Result<StsAnswer, Error> {
+    let env: JsonEnvelope = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("STS JSON answer is not one GetCallerIdentityResponse: {e}")))?;
+    let r = env.response.result;
+    let identity = CallerIdentity::new(&r.account, &r.arn, &r.user_id)?;
+    Ok(StsAnswer { identity, request_id: env.response.metadata.map(|m| m.request_id) })
+}
+
+#[derive(Deserialize)]
+struct JsonErrorEnvelope {
+    #[serde(rename = "Error")]
+    error: JsonErrorBody,
+    #[serde(rename = "RequestId", default)]
+    request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JsonErrorBody {
+    #[serde(rename = "Code", default)]
+    code: String,
+    #[serde(rename = "Message", default)]
+    message: String,
+}
+
+fn json_error(body: &[u8]) -> Option<StsErrorInfo> {
+    let env: JsonErrorEnvelope = serde_json::from_slice(body).ok()?;
+    Some(StsErrorInfo { status: 0, code: env.error.code, message: env.error.message, request_id: env.request_id })
+}
