@@ -33,8 +33,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "agent")]
+pub mod agent;
 mod arn;
 pub mod challenge;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 mod endpoint;
 mod error;
 mod request;
@@ -42,6 +46,8 @@ mod response;
 mod rules;
 mod sigv4;
 mod token;
+mod transport;
+mod verifier;
 
 pub use arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Service};
 pub use endpoint::{Endpoint, EndpointPolicy, FipsMode};
@@ -56,6 +62,11 @@ pub use token::{
     MAX_ARN_PATTERN_LEN, MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, OrganizationalUnits,
     OuInclude, Role, Rule, Token, TokenSet,
 };
+pub use transport::{
+    BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride, ReqwestTransport,
+    ReqwestTransportBuilder, StsResponse, StsTransport, TrustRoots,
+};
+pub use verifier::{DEFAULT_DEADLINE, DEFAULT_RETRIES, Prepared, Verdict, Verifier};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

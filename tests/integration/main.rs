@@ -6,6 +6,8 @@ mod common;
 
 mod endpoints;
 mod matching;
+#[cfg(all(feature = "agent", feature = "emulator"))]
+mod pipeline;
 mod requests;
 mod sts_responses;
 mod tokens;

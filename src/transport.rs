@@ -1,0 +1,263 @@
+//! Sending the rebuilt request to STS: the [`StsTransport`] trait and its reqwest/rustls
+//! implementation.
+//!
+//! The transport knows HTTP, not tokens or rules. It is created once per verifier and shared, so
+//! connections are pooled and kept alive (no TLS handshake per join).
+
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::endpoint::Endpoint;
+use crate::error::{Error, ErrorKind};
+use crate::request::StsRequest;
+use crate::response::MAX_STS_RESPONSE_BYTES;
+
+/// Default time to establish a connection (TCP and TLS).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time for one whole exchange, body included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// STS's raw answer: what [`crate::parse_sts_response`] takes. The body holds at most
+/// [`MAX_STS_RESPONSE_BYTES`] + 1 bytes: reading stops there, so an oversized answer is seen as
+/// such without being read whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The body, capped.
+    pub body: Vec<u8>,
+}
+
+/// A boxed future, as returned by [`StsTransport::send`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Sends a validated request to STS and returns its raw answer.
+///
+/// Implementations must send exactly the request's headers and body to the request's endpoint
+/// (or an operator-configured equivalent), must not follow redirects, and must map connection
+/// failures and timeouts to `sts_unavailable`.
+pub trait StsTransport: Send + Sync + fmt::Debug {
+    /// Sends one request.
+    fn send<'a>(&'a self, request: &'a StsRequest) -> BoxFuture<'a, Result<StsResponse, Error>>;
+}
+
+/// Where requests go instead of their signed host's address. The `Host` header (and, for
+/// [`EndpointOverride::Address`], the TLS server name) stays the signed host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointOverride {
+    /// HTTPS to this address, with SNI and certificate checks for the signed host.
+    Address(SocketAddr),
+    /// This base URL (e.g. a VPC interface endpoint `https://vpce-....sts.REGION.vpce.amazonaws.com`).
+    /// `http://` is accepted only for a loopback IP address (tests, demos, local emulators).
+    Url(String),
+}
+
+/// Which certificate authorities the transport trusts.
+#[derive(Clone, Debug, Default)]
+pub enum TrustRoots {
+    /// The Mozilla root program, bundled (`webpki-roots`).
+    #[default]
+    Mozilla,
+    /// Only these DER certificates (e.g. a private CA in front of a VPC endpoint, or tests).
+    Custom(Vec<Vec<u8>>),
+}
+
+/// Builds a [`ReqwestTransport`].
+#[derive(Clone, Debug)]
+pub struct ReqwestTransportBuilder {
+    connect_timeout: Duration,
+    timeout: Duration,
+    roots: TrustRoots,
+    endpoint_override: Option<EndpointOverride>,
+    proxy: Option<String>,
+}
+
+impl Default for ReqwestTransportBuilder {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            roots: TrustRoots::Mozilla,
+            endpoint_override: None,
+            proxy: None,
+        }
+    }
+}
+
+fn config_error(detail: impl Into<String>) -> Error {
+    Error::new(ErrorKind::StsUnavailable, detail).with_retryable(false)
+}
+
+impl ReqwestTransportBuilder {
+    /// Connection timeout (TCP and TLS); default 2 s.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Timeout for one whole exchange, body included; default 10 s.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Which CAs to trust; default the bundled Mozilla roots.
+    pub fn trust_roots(mut self, roots: TrustRoots) -> Self {
+        self.roots = roots;
+        self
+    }
+
+    /// Sends requests somewhere other than the signed host's address, keeping the signed host.
+    pub fn endpoint_override(mut self, o: EndpointOverride) -> Self {
+        self.endpoint_override = Some(o);
+        self
+    }
+
+    /// Sends through this HTTP(S) proxy. No proxy is used unless set (environment variables are
+    /// ignored).
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(url.into());
+        self
+    }
+
+    /// Builds the transport. Fails on an unusable override, proxy or root certificate.
+    pub fn build(self) -> Result<ReqwestTransport, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.roots {
+            TrustRoots::Mozilla => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            TrustRoots::Custom(ders) => {
+                for der in ders {
+                    roots
+                        .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                        .map_err(|e| config_error(format!("trust root is not a usable certificate: {e}")))?;
+                }
+            }
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_error(format!("TLS setup failed: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .http1_only()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .no_proxy();
+        let mut base = None;
+        match &self.endpoint_override {
+            None => builder = builder.https_only(true),
+            Some(EndpointOverride::Address(addr)) => {
+                builder = builder.https_only(true);
+                for e in Endpoint::all() {
+                    builder = builder.resolve(e.host(), *addr);
+                }
+            }
+            Some(EndpointOverride::Url(url)) => {
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|e| config_error(format!("endpoint override is not a URL: {e}")))?;
+                let loopback = match parsed.host() {
+                    Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+                    _ => false,
+                };
+                match parsed.scheme() {
+                    "https" => builder = builder.https_only(true),
+                    "http" if loopback => {}
+                    "http" => {
+                        return Err(config_error("a plain http:// endpoint override must be a loopback IP address"));
+                    }
+                    other => return Err(config_error(format!("endpoint override scheme {other} is not https"))),
+                }
+                if parsed.path() != "/" || parsed.query().is_some() || !parsed.username().is_empty() {
+                    return Err(config_error("endpoint override must be a bare scheme://host[:port]/"));
+                }
+                base = Some(parsed);
+            }
+        }
+        if let Some(p) = &self.proxy {
+            let proxy = reqwest::Proxy::all(p).map_err(|e| config_error(format!("proxy is not usable: {e}")))?;
+            builder = builder.proxy(proxy);
+        }
+        let client = builder.build().map_err(|e| config_error(format!("HTTP client setup failed: {e}")))?;
+        Ok(ReqwestTransport { client, base })
+    }
+}
+
+/// The default transport: reqwest over rustls (ring), HTTP/1.1 only, verified TLS, no redirects,
+/// no proxy unless configured, connect and total timeouts, body capped while streaming.
+#[derive(Clone, Debug)]
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+    base: Option<reqwest::Url>,
+}
+
+impl ReqwestTransport {
+    /// A transport with the defaults.
+    pub fn new() -> Result<Self, Error> {
+        Self::builder().build()
+    }
+
+    /// A builder to change timeouts, roots, override or proxy.
+    pub fn builder() -> ReqwestTransportBuilder {
+        ReqwestTransportBuilder::default()
+    }
+
+    async fn exchange(&self, request: &StsRequest) -> Result<StsResponse, Error> {
+        let url = match &self.base {
+            Some(base) => base.clone(),
+            None => reqwest::Url::parse(&request.url()).map_err(|e| config_error(format!("bad STS URL: {e}")))?,
+        };
+        let mut req = self.client.post(url).body(request.body());
+        for (name, value) in request.headers() {
+            // reqwest sets Content-Length from the body (the same 43); every other header,
+            // Host included, is sent exactly as signed.
+            if name != "content-length" {
+                req = req.header(name, value);
+            }
+        }
+        let mut resp = req.send().await.map_err(unavailable)?;
+        let status = resp.status().as_u16();
+        let content_type =
+            resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unavailable)? {
+            let room = MAX_STS_RESPONSE_BYTES + 1 - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() > MAX_STS_RESPONSE_BYTES {
+                break; // stop reading: the parser refuses it as oversized
+            }
+        }
+        Ok(StsResponse { status, content_type, body })
+    }
+}
+
+fn unavailable(e: reqwest::Error) -> Error {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "broke off while answering"
+    } else {
+        "failed"
+    };
+    Error::new(ErrorKind::StsUnavailable, format!("STS request {what}")).with_retryable(true).with_source(e)
+}
+
+impl StsTransport for ReqwestTransport {
+    fn send<'a>(&'a self, request: &'a StsRequest) -> BoxFuture<'a, Result<StsResponse, Error>> {
+        Box::pin(self.exchange(request))
+    }
+}
