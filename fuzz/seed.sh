@@ -7,6 +7,14 @@ mkdir -p corpus/parse_token corpus/parse_arn corpus/match_rules
 cp "$vectors"/tokens/*/*.yaml corpus/parse_token/
 mkdir -p corpus/parse_forwarded_request
 cp "$vectors"/requests/*.http corpus/parse_forwarded_request/
+mkdir -p corpus/parse_sts_response
+i=0
+for f in "$vectors"/sts/*; do
+  i=$((i + 1))
+  # The first byte selects content type and status (see the target); 0 = XML/200, 1 = JSON/200.
+  case "$f" in *.json) sel='\x01' ;; *) sel='\x00' ;; esac
+  { printf "$sel"; cat "$f"; } > "corpus/parse_sts_response/seed-$i"
+done
 n=0
 grep -rhoE 'arn:[A-Za-z0-9:/_+=,.@*?-]+' "$vectors" | sort -u | while read -r arn; do
   n=$((n + 1))

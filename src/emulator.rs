@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -95,6 +95,7 @@ impl StsEmulator {
 const MAX_REQUEST: usize = 64 * 1024;
 
 async fn serve(mut stream: TcpStream, principals: &[EmulatedPrincipal], served: &AtomicUsize) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(4096);
     loop {
         // Read one request (head + Content-Length body); keep-alive between requests.
@@ -129,8 +130,8 @@ async fn serve(mut stream: TcpStream, principals: &[EmulatedPrincipal], served: 
             if status == 200 { "OK" } else { "Error" },
             body.len()
         );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
+        // One write: head and body split over two segments would meet delayed ACKs.
+        stream.write_all(format!("{head}{body}").as_bytes()).await?;
         buf.drain(..head_len + body_len);
     }
 }
@@ -144,7 +145,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
 }

@@ -147,7 +147,7 @@ pub fn parse_sts_response(status: u16, content_type: Option<&str>, body: &[u8]) 
     match format {
         Format::Xml => {
             let text = std::str::from_utf8(body).map_err(|_| invalid("STS answer is not UTF-8"))?;
-            xml_identity(&parse_xml(text, false)?)
+            xml_identity(text)
         }
         Format::Json => json_identity(body),
         Format::Other => Err(invalid(format!(
@@ -195,32 +195,6 @@ struct Node {
     xmlns: Option<String>,
     text: String,
     children: Vec<Node>,
-}
-
-impl Node {
-    fn only(&self, name: &str) -> Result<&Node, Error> {
-        let mut it = self.children.iter().filter(|c| c.name == name);
-        match (it.next(), it.next()) {
-            (Some(n), None) => Ok(n),
-            (None, _) => Err(invalid(format!("{} has no {name}", self.name))),
-            _ => Err(invalid(format!("{} has more than one {name}", self.name))),
-        }
-    }
-
-    fn leaf(&self, name: &str) -> Result<&str, Error> {
-        let n = self.only(name)?;
-        if !n.children.is_empty() || n.text.is_empty() {
-            return Err(invalid(format!("{name} is empty or not text")));
-        }
-        Ok(&n.text)
-    }
-
-    fn allow_only(&self, names: &[&str]) -> Result<(), Error> {
-        match self.children.iter().find(|c| !names.contains(&c.name.as_str())) {
-            Some(c) => Err(invalid(format!("{} holds an unexpected element {}", self.name, printable(&c.name)))),
-            None => Ok(()),
-        }
-    }
 }
 
 fn printable(s: &str) -> String {
@@ -311,34 +285,166 @@ fn parse_xml(text: &str, lenient: bool) -> Result<Node, Error> {
     root.ok_or_else(|| invalid("STS answer has no root element"))
 }
 
-fn xml_identity(root: &Node) -> Result<StsAnswer, Error> {
-    if root.name != "GetCallerIdentityResponse" {
-        return Err(invalid(format!("STS answer is {}, not GetCallerIdentityResponse", printable(&root.name))));
-    }
-    if root.xmlns.as_deref() != Some(STS_NAMESPACE) {
-        return Err(invalid("GetCallerIdentityResponse is not in STS's namespace"));
-    }
-    let in_namespace = |n: &Node| n.xmlns.is_none() || n.xmlns.as_deref() == Some(STS_NAMESPACE);
-    fn all<'a>(n: &'a Node, f: &dyn Fn(&Node) -> bool) -> bool {
-        f(n) && n.children.iter().all(|c| all(c, f))
-    }
-    if !root.children.iter().all(|c| all(c, &in_namespace)) {
-        return Err(invalid("an element of the answer is in another namespace"));
-    }
-    root.allow_only(&["GetCallerIdentityResult", "ResponseMetadata"])?;
-    let result = root.only("GetCallerIdentityResult")?;
-    result.allow_only(&["Arn", "UserId", "Account"])?;
-    let request_id = match root.children.iter().filter(|c| c.name == "ResponseMetadata").count() {
-        0 => None,
-        1 => {
-            let meta = root.only("ResponseMetadata")?;
-            meta.allow_only(&["RequestId"])?;
-            Some(meta.leaf("RequestId")?.to_owned())
-        }
-        _ => return Err(invalid("GetCallerIdentityResponse has more than one ResponseMetadata")),
+/// Where a streaming parse of a success answer stands: the only shape accepted is
+/// `GetCallerIdentityResponse > (GetCallerIdentityResult > (Arn, UserId, Account), ResponseMetadata > RequestId)`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Root,
+    Result,
+    Metadata,
+    Arn,
+    UserId,
+    Account,
+    RequestId,
+}
+
+/// Parses a success answer in one pass, without building a tree: every element must be the one
+/// expected at its place, each at most once; text may appear only in leaves.
+fn xml_identity(text: &str) -> Result<StsAnswer, Error> {
+    use std::borrow::Cow;
+    let mut reader = quick_xml::Reader::from_str(text);
+    reader.config_mut().expand_empty_elements = true;
+    let mut path: Vec<Slot> = Vec::with_capacity(4);
+    let mut leaves: [Option<Cow<'_, str>>; 4] = [None, None, None, None]; // Arn, UserId, Account, RequestId
+    let (mut seen_result, mut seen_metadata, mut done, mut first) = (false, false, false, true);
+    let leaf_index = |s: Slot| match s {
+        Slot::Arn => Some(0),
+        Slot::UserId => Some(1),
+        Slot::Account => Some(2),
+        Slot::RequestId => Some(3),
+        _ => None,
     };
-    let identity = CallerIdentity::new(result.leaf("Account")?, result.leaf("Arn")?, result.leaf("UserId")?)?;
-    Ok(StsAnswer { identity, request_id })
+    loop {
+        let event = reader.read_event().map_err(|e| invalid(format!("STS answer is not well-formed XML: {e}")))?;
+        let was_first = std::mem::replace(&mut first, false);
+        match event {
+            Event::Decl(_) if was_first => {}
+            Event::Start(e) => {
+                if done {
+                    return Err(invalid("STS answer has content after its root element"));
+                }
+                let name = e.name();
+                let name = name.as_ref();
+                let slot = match (path.last(), name) {
+                    (None, "GetCallerIdentityResponse") => Slot::Root,
+                    (None, other) => {
+                        return Err(invalid(format!(
+                            "STS answer is {}, not GetCallerIdentityResponse",
+                            printable(other)
+                        )));
+                    }
+                    (Some(Slot::Root), "GetCallerIdentityResult") if !std::mem::replace(&mut seen_result, true) => {
+                        Slot::Result
+                    }
+                    (Some(Slot::Root), "ResponseMetadata") if !std::mem::replace(&mut seen_metadata, true) => {
+                        Slot::Metadata
+                    }
+                    (Some(Slot::Result), "Arn") => Slot::Arn,
+                    (Some(Slot::Result), "UserId") => Slot::UserId,
+                    (Some(Slot::Result), "Account") => Slot::Account,
+                    (Some(Slot::Metadata), "RequestId") => Slot::RequestId,
+                    (Some(_), other) => {
+                        return Err(invalid(format!("unexpected or repeated element {}", printable(other))));
+                    }
+                };
+                if let Some(i) = leaf_index(slot)
+                    && leaves[i].is_some()
+                {
+                    return Err(invalid(format!("more than one {}", printable(name))));
+                }
+                let mut xmlns = None;
+                for attr in e.attributes() {
+                    let attr = attr.map_err(|e| invalid(format!("bad attribute: {e}")))?;
+                    if attr.key.as_ref() != "xmlns" || xmlns.is_some() {
+                        return Err(invalid(format!("element {} has an unexpected attribute", printable(name))));
+                    }
+                    xmlns = Some(
+                        attr.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                            .map_err(|e| invalid(format!("bad attribute: {e}")))?,
+                    );
+                }
+                // The root declares STS's namespace; descendants inherit it or restate it.
+                match (slot, xmlns.as_deref()) {
+                    (_, Some(STS_NAMESPACE)) => {}
+                    (Slot::Root, _) => return Err(invalid("GetCallerIdentityResponse is not in STS's namespace")),
+                    (_, None) => {}
+                    (_, Some(_)) => return Err(invalid("an element of the answer is in another namespace")),
+                }
+                if let Some(i) = leaf_index(slot) {
+                    leaves[i] = Some(Cow::Borrowed(""));
+                }
+                path.push(slot);
+            }
+            Event::End(_) => {
+                let slot = path.pop().ok_or_else(|| invalid("unbalanced end tag"))?;
+                if slot == Slot::Root {
+                    done = true;
+                }
+            }
+            Event::Text(t) => {
+                // Raw text: EOL normalization cannot matter, since values with CR or LF are
+                // refused by the ARN, account and user id checks.
+                let content = t.into_inner();
+                match path.last().copied().and_then(leaf_index) {
+                    Some(i) => append(&mut leaves[i], content),
+                    None if content.trim().is_empty() => {}
+                    None => return Err(invalid("STS answer has text outside a value element")),
+                }
+            }
+            Event::GeneralRef(r) => {
+                let resolved: Cow<'_, str> = match r.resolve_char_ref() {
+                    Ok(Some(c)) => Cow::Owned(c.to_string()),
+                    _ => Cow::Borrowed(
+                        quick_xml::escape::resolve_predefined_entity(&r)
+                            .ok_or_else(|| invalid("STS answer references an undeclared entity"))?,
+                    ),
+                };
+                match path.last().copied().and_then(leaf_index) {
+                    Some(i) => append(&mut leaves[i], resolved),
+                    None => return Err(invalid("STS answer has text outside a value element")),
+                }
+            }
+            Event::Eof => break,
+            Event::Decl(_) => return Err(invalid("XML declaration not at the start")),
+            Event::DocType(_) => return Err(invalid("STS answer has a DOCTYPE")),
+            Event::PI(_) => return Err(invalid("STS answer has a processing instruction")),
+            Event::Comment(_) => return Err(invalid("STS answer has a comment")),
+            Event::CData(_) => return Err(invalid("STS answer has a CDATA section")),
+            Event::Empty(_) => return Err(invalid("unexpected empty element")),
+        }
+    }
+    if !done || !path.is_empty() {
+        return Err(invalid("STS answer is truncated or has no GetCallerIdentityResponse"));
+    }
+    if !seen_result {
+        return Err(invalid("GetCallerIdentityResponse has no GetCallerIdentityResult"));
+    }
+    let [arn, user_id, account, request_id] = leaves;
+    let (arn, user_id, account) = (need(arn, "Arn")?, need(user_id, "UserId")?, need(account, "Account")?);
+    let request_id = match request_id {
+        Some(r) if r.is_empty() => return Err(invalid("RequestId is empty")),
+        other => other.map(Cow::into_owned),
+    };
+    if seen_metadata && request_id.is_none() {
+        return Err(invalid("ResponseMetadata has no RequestId"));
+    }
+    Ok(StsAnswer { identity: CallerIdentity::new(&account, &arn, &user_id)?, request_id })
+}
+
+fn need<'a>(v: Option<std::borrow::Cow<'a, str>>, what: &str) -> Result<std::borrow::Cow<'a, str>, Error> {
+    match v {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(invalid(format!("{what} is missing or empty"))),
+    }
+}
+
+/// Appends text to a leaf, borrowing when it is the only piece.
+fn append<'a>(leaf: &mut Option<std::borrow::Cow<'a, str>>, piece: std::borrow::Cow<'a, str>) {
+    match leaf {
+        Some(s) if s.is_empty() => *s = piece,
+        Some(s) => s.to_mut().push_str(&piece),
+        None => *leaf = Some(piece),
+    }
 }
 
 /// `<ErrorResponse><Error>..</Error><RequestId>..</RequestId></ErrorResponse>`, or with the

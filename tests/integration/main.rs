@@ -5,6 +5,8 @@
 mod common;
 
 mod endpoints;
+#[cfg(all(feature = "agent", feature = "emulator"))]
+mod faults;
 mod matching;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod pipeline;
