@@ -4,6 +4,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[cfg(feature = "cli")]
+mod cli;
 mod endpoints;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod faults;

@@ -1,0 +1,267 @@
+//! The `iam-join` binary: exit codes, `FILE:LINE:COL` problems, and `verify`'s JSON contract for
+//! every error kind it can produce here, against the in-process STS emulator.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use iam_join::agent::{JoinRequest, sign_join_request};
+use iam_join::emulator::StsEmulator;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::common::vectors;
+use crate::pipeline::{TOKENS, principals, role, user};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_iam-join"))
+}
+
+fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = bin()
+        .args(args)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn tokens_file() -> tempfile_path::Path {
+    tempfile_path::write("tokens.yaml", TOKENS.as_bytes())
+}
+
+/// Tiny temp-file helper (no extra dependency).
+mod tempfile_path {
+    pub(crate) struct Path(pub(crate) std::path::PathBuf);
+    impl Path {
+        pub(crate) fn s(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    pub(crate) fn write(name: &str, data: &[u8]) -> Path {
+        let n: u64 = rand_suffix();
+        let p = std::env::temp_dir().join(format!("iam-join-test-{n}-{name}"));
+        std::fs::write(&p, data).unwrap();
+        Path(p)
+    }
+    fn rand_suffix() -> u64 {
+        let c = iam_join::challenge::generate().unwrap();
+        c.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+    }
+}
+
+#[test]
+fn check_token_ok_and_problems() {
+    let good = vectors("tokens/valid/tctl_get_tokens.yaml");
+    let out = run(&["check-token", good.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0));
+    let bad = vectors("tokens/invalid/unknown_rule_key_typo.yaml");
+    let out = run(&["check-token", good.to_str().unwrap(), bad.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with(&format!("{}:10:5: unknown field `aws_acount`", bad.display())), "{stdout}");
+}
+
+#[test]
+fn match_explains_and_exits_by_outcome() {
+    let tokens = tokens_file();
+    let args = ["match", "--token", tokens.s(), "--name", "iam-token", "--account", "333333333333", "--arn"];
+    let mut yes = args.to_vec();
+    yes.push("arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-1");
+    let out = run(&yes, None);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rule 0: account differs\nrule 1: matched\nallowed by rule 1")
+    );
+    let mut no = args.to_vec();
+    no.extend(["arn:aws:sts::333333333333:assumed-role/other/i-1", "--json"]);
+    let out = run(&no, None);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["rules"][1]["arn"], "differs");
+    assert_eq!(v["rules"][1]["account"], "matched");
+    // Several tokens in the file and no --name: a usage error.
+    let out = run(
+        &["match", "--token", tokens.s(), "--account", "333333333333", "--arn", "arn:aws:iam::333333333333:root"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn challenge_prints_a_fresh_one() {
+    let out = run(&["challenge"], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim().len(), 43);
+}
+
+#[test]
+fn demo_runs_and_ends_quickly() {
+    let t = Instant::now();
+    let out = run(&["demo"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("every outcome as expected"));
+    assert_eq!(stdout.lines().filter(|l| *l == "   as expected").count(), 6, "{stdout}");
+}
+
+/// Runs `verify` in a blocking thread so the emulator keeps serving on the test's runtime.
+async fn verify(extra: &[String], request: Vec<u8>) -> (Option<i32>, Value) {
+    let extra = extra.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let out = run(&args, Some(&request));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {} / {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        });
+        (out.status.code(), v)
+    })
+    .await
+    .unwrap()
+}
+
+fn args(tokens: &str, name: &str, challenge: &str, sts: &str) -> Vec<String> {
+    [
+        "verify",
+        "--token",
+        tokens,
+        "--name",
+        name,
+        "--challenge",
+        challenge,
+        "--request",
+        "-",
+        "--sts-endpoint",
+        sts,
+        "--timeout",
+        "2",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_json_contract_for_every_kind() {
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let tokens = tokens_file();
+    let t = tokens.s().to_owned();
+    let c = iam_join::challenge::generate().unwrap();
+    let signed = |creds: &iam_join::agent::Credentials, join: JoinRequest| {
+        sign_join_request(creds, &join, SystemTime::now()).unwrap()
+    };
+
+    // Allowed.
+    let (code, v) =
+        verify(&args(&t, "iam-token", &c, &sts.url()), signed(&role(), JoinRequest::new(&c).accept_json(true))).await;
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["token"], "iam-token");
+    assert_eq!(v["roles"], serde_json::json!(["Kube", "App", "Discovery"]));
+    assert_eq!(v["identity"]["account"], "333333333333");
+    assert_eq!(v["matched_rule"], 1);
+    assert_eq!(v.as_object().unwrap().len(), 5);
+
+    let refused = |v: &Value, kind: &str| {
+        assert_eq!(v["allowed"], false, "{v}");
+        assert_eq!(v["error"]["kind"], kind, "{v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(v.as_object().unwrap().len(), 4, "{v}");
+    };
+    let user_req = || signed(&user(), JoinRequest::new(&c));
+
+    let (code, v) = verify(&args(&t, "expired-token", &c, &sts.url()), user_req()).await;
+    assert_eq!(code, Some(1));
+    refused(&v, "token_invalid");
+    assert!(v["identity"].is_null());
+
+    let (code, v) = verify(&args(&t, "iam-token", &c, &sts.url()), b"GET / HTTP/1.1\r\n\r\n".to_vec()).await;
+    assert_eq!(code, Some(1));
+    refused(&v, "malformed_request");
+
+    let hostile =
+        String::from_utf8(user_req()).unwrap().replace("Host: sts.amazonaws.com", "Host: evil.example").into_bytes();
+    let (_, v) = verify(&args(&t, "iam-token", &c, &sts.url()), hostile).await;
+    refused(&v, "untrusted_endpoint");
+
+    let other = iam_join::challenge::generate().unwrap();
+    let (_, v) = verify(&args(&t, "iam-token", &other, &sts.url()), user_req()).await;
+    refused(&v, "challenge_mismatch");
+
+    let mut late = args(&t, "iam-token", &c, &sts.url());
+    late.extend(["--now".into(), "2099-01-01T00:00:00Z".into()]);
+    let (_, v) = verify(&late, user_req()).await;
+    refused(&v, "request_expired");
+
+    let wrong = iam_join::agent::Credentials::new(crate::pipeline::USER_KEY, "wrong", None);
+    let (_, v) = verify(&args(&t, "iam-token", &c, &sts.url()), signed(&wrong, JoinRequest::new(&c))).await;
+    refused(&v, "signature_rejected");
+
+    let stranger = iam_join::agent::Credentials::new("AKIAOTHERACCOUNT0001", "other-secret", None);
+    let (_, v) = verify(&args(&t, "iam-token", &c, &sts.url()), signed(&stranger, JoinRequest::new(&c))).await;
+    refused(&v, "not_allowed");
+    assert_eq!(v["identity"]["arn"], "arn:aws:iam::999999999999:user/stranger");
+
+    // Nothing listens: sts_unavailable.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let (_, v) = verify(&args(&t, "iam-token", &c, &dead), user_req()).await;
+    refused(&v, "sts_unavailable");
+
+    // A server that answers 200 with something that is not an identity: sts_response_invalid.
+    let junk = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let junk_url = format!("http://{}/", junk.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = junk.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 7\r\n\r\n<a></a>").await;
+        }
+    });
+    let (_, v) = verify(&args(&t, "iam-token", &c, &junk_url), user_req()).await;
+    refused(&v, "sts_response_invalid");
+
+    // Usage errors exit 2 without JSON.
+    let out = tokio::task::spawn_blocking(move || {
+        run(&["verify", "--token", "/nonexistent.yaml", "--challenge", "x", "--request", "-"], None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_output_is_accepted_by_verify() {
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let tokens = tokens_file();
+    let c = iam_join::challenge::generate().unwrap();
+    let c2 = c.clone();
+    let signed = tokio::task::spawn_blocking(move || {
+        bin()
+            .args(["sign", "--challenge", &c2, "--region", "eu-west-1", "--accept-json"])
+            .env("AWS_ACCESS_KEY_ID", crate::pipeline::ROLE_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", crate::pipeline::ROLE_SECRET)
+            .env("AWS_SESSION_TOKEN", crate::pipeline::ROLE_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(signed.status.code(), Some(0));
+    assert!(signed.stdout.starts_with(b"POST / HTTP/1.1\r\nHost: sts.eu-west-1.amazonaws.com\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: 43\r\nAccept: application/json\r\n"));
+    let (code, v) = verify(&args(tokens.s(), "iam-token", &c, &sts.url()), signed.stdout).await;
+    assert_eq!(code, Some(0), "{v}");
+}
