@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Interop against implementations nobody on this project wrote.
+
+botocore (not our code) signs the agent requests; moto's server plays STS and checks the
+signatures (once its first INITIAL_NO_AUTH_ACTION_COUNT setup calls have passed). The test drives
+the `iam-join` binary end to end and also replays `iam-join sign` output (Go Request.Write layout,
+aws-sigv4 signature) to moto directly.
+
+Usage: moto_interop.py PATH_TO_IAM_JOIN_BINARY
+Starts moto on 127.0.0.1 itself and stops it at the end. Needs no internet.
+"""
+import json, os, socket, subprocess, sys, tempfile, time
+
+import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+IAM_JOIN = sys.argv[1]
+BODY = "Action=GetCallerIdentity&Version=2011-06-15"
+SETUP_CALLS = 6  # create_user x2, create_access_key x2, create_role, assume_role
+passed, failed = 0, 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failed += 1
+        print(f"FAIL {name} {detail}")
+
+
+def botocore_request(creds, host, region, challenge, accept_json=False):
+    """A request signed by botocore, written as raw HTTP/1.1 bytes (header order as botocore has them)."""
+    headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "x-teleport-challenge": challenge}
+    if accept_json:
+        headers["Accept"] = "application/json"
+    req = AWSRequest(method="POST", url=f"https://{host}/", data=BODY, headers=headers)
+    SigV4Auth(creds, "sts", region).add_auth(req)
+    lines = ["POST / HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in req.headers.items()]
+    lines += [f"Content-Length: {len(BODY)}", "", BODY]
+    return "\r\n".join(lines).encode()
+
+
+def verify(tokens, challenge, raw, port):
+    out = subprocess.run(
+        [IAM_JOIN, "verify", "--token", tokens, "--challenge", challenge, "--request", "-",
+         "--sts-endpoint", f"http://127.0.0.1:{port}/", "--timeout", "5"],
+        input=raw, capture_output=True)
+    try:
+        return out.returncode, json.loads(out.stdout)
+    except json.JSONDecodeError:
+        return out.returncode, {"stdout": out.stdout.decode(errors="replace"), "stderr": out.stderr.decode(errors="replace")}
+
+
+def replay_raw(raw, port):
+    """Send bytes exactly as given to moto (the signed Host goes unchanged to the loopback port)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def main():
+    port = free_port()
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(SETUP_CALLS), AWS_ACCESS_KEY_ID="test",
+               AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    moto = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+        iam, sts = boto3.client("iam", **kw), boto3.client("sts", **kw)
+        iam.create_user(UserName="ci-deployer")
+        key = iam.create_access_key(UserName="ci-deployer")["AccessKey"]
+        iam.create_user(UserName="stranger")
+        stranger_key = iam.create_access_key(UserName="stranger")["AccessKey"]
+        trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+        role = iam.create_role(RoleName="teleport-node-role", AssumeRolePolicyDocument=trust)["Role"]
+        temp = sts.assume_role(RoleArn=role["Arn"], RoleSessionName="i-0123456789abcdef0")["Credentials"]
+        account = role["Arn"].split(":")[4]
+        user = Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+        session = Credentials(temp["AccessKeyId"], temp["SecretAccessKey"], temp["SessionToken"])
+        stranger = Credentials(stranger_key["AccessKeyId"], stranger_key["SecretAccessKey"])
+
+        tokens = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        tokens.write(f"""kind: token
+version: v2
+metadata:
+  name: interop
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_arn: "arn:aws:iam::{account}:user/ci-deployer"
+  - aws_account: "{account}"
+    aws_arn: "arn:aws:sts::{account}:assumed-role/teleport-node-role/*"
+""")
+        tokens.close()
+
+        def challenge():
+            return subprocess.run([IAM_JOIN, "challenge"], capture_output=True, text=True, check=True).stdout.strip()
+
+        def expect(name, code_kind, raw, c):
+            code, out = verify(tokens.name, c, raw, port)
+            if code_kind == "allowed":
+                check(name, code == 0 and out.get("allowed") is True, f"exit {code}: {out}")
+                return out
+            check(name, code == 1 and out.get("error", {}).get("kind") == code_kind, f"exit {code}: {out}")
+            return out
+
+        c = challenge()
+        out = expect("botocore user, global endpoint: allowed by the user rule", "allowed",
+                     botocore_request(user, "sts.amazonaws.com", "us-east-1", c), c)
+        check("  matched rule 0", out.get("matched_rule") == 0, out)
+        c = challenge()
+        out = expect("botocore assumed role, regional endpoint: allowed by the role rule", "allowed",
+                     botocore_request(session, "sts.us-west-2.amazonaws.com", "us-west-2", c), c)
+        check("  matched rule 1", out.get("matched_rule") == 1, out)
+        c = challenge()
+        expect("botocore user, regional endpoint eu-west-1: allowed", "allowed",
+               botocore_request(user, "sts.eu-west-1.amazonaws.com", "eu-west-1", c), c)
+        c = challenge()
+        expect("botocore assumed role, global endpoint, Accept JSON signed: allowed", "allowed",
+               botocore_request(session, "sts.amazonaws.com", "us-east-1", c, accept_json=True), c)
+        c = challenge()
+        expect("wrong secret: signature_rejected", "signature_rejected",
+               botocore_request(Credentials(key["AccessKeyId"], "not-the-secret"), "sts.amazonaws.com", "us-east-1", c), c)
+        old, new = challenge(), challenge()
+        raw = botocore_request(user, "sts.amazonaws.com", "us-east-1", old).replace(old.encode(), new.encode())
+        expect("challenge changed after signing: signature_rejected by moto", "signature_rejected", raw, new)
+        c = challenge()
+        expect("challenge other than issued: challenge_mismatch (local)", "challenge_mismatch",
+               botocore_request(user, "sts.amazonaws.com", "us-east-1", challenge()), c)
+        c = challenge()
+        expect("unknown access key: signature_rejected", "signature_rejected",
+               botocore_request(Credentials("AKIAUNKNOWNKEY123456", "x"), "sts.amazonaws.com", "us-east-1", c), c)
+        c = challenge()
+        out = expect("identity matching no rule: not_allowed", "not_allowed",
+                     botocore_request(stranger, "sts.amazonaws.com", "us-east-1", c), c)
+        check("  identity kept for audit", out.get("identity", {}) and out["identity"].get("arn", "").endswith(":user/stranger"), out)
+
+        # Go Request.Write layout, signed by aws-sigv4 through `iam-join sign`.
+        for region, host in [(None, "sts.amazonaws.com"), ("us-west-2", "sts.us-west-2.amazonaws.com")]:
+            c = challenge()
+            args = [IAM_JOIN, "sign", "--challenge", c, "--accept-json"] + (["--region", region] if region else [])
+            sign_env = dict(os.environ, AWS_ACCESS_KEY_ID=temp["AccessKeyId"], AWS_SECRET_ACCESS_KEY=temp["SecretAccessKey"],
+                            AWS_SESSION_TOKEN=temp["SessionToken"])
+            raw = subprocess.run(args, capture_output=True, env=sign_env, check=True).stdout
+            answer = replay_raw(raw, port)
+            check(f"iam-join sign ({host}) replayed raw to moto: 200 with the session identity",
+                  answer.startswith("HTTP/1.1 200") and "assumed-role/teleport-node-role/i-0123456789abcdef0" in answer,
+                  answer[:300])
+            expect(f"iam-join sign ({host}) | iam-join verify: allowed", "allowed", raw, c)
+        os.unlink(tokens.name)
+    finally:
+        moto.terminate()
+        moto.wait(timeout=10)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
