@@ -8,7 +8,7 @@ use tracing::field::Empty;
 
 use crate::error::{Error, ErrorKind};
 use crate::request::{RequestPolicy, StsRequest};
-use crate::response::{CallerIdentity, parse_sts_response};
+use crate::response::{CallerIdentity, StsAnswer, parse_sts_response};
 use crate::token::{Role, Token, TokenSet};
 use crate::transport::StsTransport;
 
@@ -187,22 +187,7 @@ impl Verifier {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<Verdict, Error> {
-        let answer = parse_sts_response(status, content_type, body)?;
-        let identity = answer.identity;
-        match prepared.token.matcher().first_match(identity.account(), identity.arn()) {
-            Some(rule) => Ok(Verdict {
-                token: prepared.token.name().to_owned(),
-                roles: prepared.token.roles().to_vec(),
-                identity,
-                matched_rule: rule,
-                sts_request_id: answer.request_id,
-            }),
-            None => Err(Error::new(
-                ErrorKind::NotAllowed,
-                format!("{} matches no allow rule of token {:?}", identity.arn(), prepared.token.name()),
-            )
-            .with_identity(identity)),
-        }
+        decide(prepared, parse_sts_response(status, content_type, body)?)
     }
 
     /// Verifies one join: token, request, STS round trip (with retries), identity, rules.
@@ -270,7 +255,7 @@ impl Verifier {
         let t1 = Instant::now();
         let outcome = tokio::time::timeout(budget, self.round_trips(&prepared, t1, budget, span)).await;
         span.record("sts_us", t1.elapsed().as_micros() as u64);
-        let (status, content_type, body) = match outcome {
+        let answer = match outcome {
             Ok(r) => r?,
             Err(_) => {
                 return Err(Error::new(
@@ -280,32 +265,31 @@ impl Verifier {
                 .with_retryable(true));
             }
         };
-        self.conclude(&prepared, status, content_type.as_deref(), &body)
+        decide(&prepared, answer)
     }
 
-    /// Sends until an answer that is not a retryable `sts_unavailable`, or the retries run out.
+    /// Sends and parses until an answer that is not a retryable `sts_unavailable` (connection
+    /// failures, throttling, 5xx), or the retries run out.
     async fn round_trips(
         &self,
         prepared: &Prepared,
         start: Instant,
         budget: Duration,
         span: &tracing::Span,
-    ) -> Result<(u16, Option<String>, Vec<u8>), Error> {
+    ) -> Result<StsAnswer, Error> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             span.record("attempts", attempt);
-            let result = match self.inner.transport.send(&prepared.request).await {
-                // Classify here so that throttling and 5xx answers are retried too.
-                Ok(r) => match parse_sts_response(r.status, r.content_type.as_deref(), &r.body) {
-                    Err(e) if e.kind() == ErrorKind::StsUnavailable => Err(e),
-                    _ => return Ok((r.status, r.content_type, r.body)),
-                },
-                Err(e) => Err(e),
-            };
+            let result = self
+                .inner
+                .transport
+                .send(&prepared.request)
+                .await
+                .and_then(|r| parse_sts_response(r.status, r.content_type.as_deref(), &r.body));
             let err = match result {
-                Err(e) => e,
-                Ok(never) => return Ok(never),
+                Err(e) if e.kind() == ErrorKind::StsUnavailable => e,
+                other => return other,
             };
             let backoff = backoff(attempt);
             if !err.is_retryable() || attempt > self.inner.retries || start.elapsed() + backoff >= budget {
@@ -314,6 +298,25 @@ impl Verifier {
             tracing::debug!(attempt, error = %err, backoff_ms = backoff.as_millis() as u64, "retrying STS");
             tokio::time::sleep(backoff).await;
         }
+    }
+}
+
+/// Matches a verified identity against the prepared token's rules.
+fn decide(prepared: &Prepared, answer: StsAnswer) -> Result<Verdict, Error> {
+    let identity = answer.identity;
+    match prepared.token.matcher().first_match(identity.account(), identity.arn()) {
+        Some(rule) => Ok(Verdict {
+            token: prepared.token.name().to_owned(),
+            roles: prepared.token.roles().to_vec(),
+            identity,
+            matched_rule: rule,
+            sts_request_id: answer.request_id,
+        }),
+        None => Err(Error::new(
+            ErrorKind::NotAllowed,
+            format!("{} matches no allow rule of token {:?}", identity.arn(), prepared.token.name()),
+        )
+        .with_identity(identity)),
     }
 }
 
