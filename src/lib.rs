@@ -41,6 +41,7 @@ pub mod challenge;
 pub mod emulator;
 mod endpoint;
 mod error;
+pub mod organizations;
 mod request;
 mod response;
 mod rules;

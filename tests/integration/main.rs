@@ -10,6 +10,7 @@ mod endpoints;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod faults;
 mod matching;
+mod organizations;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod pipeline;
 mod requests;
