@@ -149,5 +149,56 @@ fn parse_tokens(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, match_rules, parse_tokens);
+/// What a cached organization rule adds to matching: the plain matcher on an account rule,
+/// against finding the organization candidates, a cache hit and the OU check. The cache-hit
+/// future completes without waiting, so it is polled once with a no-op waker (no executor cost).
+fn organization_rules(c: &mut Criterion) {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use iam_join::organizations::{Membership, OrgCache};
+    use iam_join::{AccountId, Partition};
+
+    let yaml = "kind: token\nversion: v2\nmetadata:\n  name: t\nspec:\n  roles: [Node]\n  join_method: iam\n  allow:\n  - aws_account: \"999999999999\"\n  - aws_organization_id: o-abcdefghij\n    aws_organizational_units: {include: [ou-ab12-prod0001], exclude: [ou-ab12-prodweb1]}\n  - aws_account: \"222222222222\"\n";
+    let set = TokenSet::from_yaml(yaml).unwrap();
+    let token = set.get("t").unwrap();
+    let m = token.matcher();
+    let arn = Arn::parse("arn:aws:sts::222222222222:assumed-role/node/i-0123").unwrap();
+    let account = AccountId::parse("222222222222").unwrap();
+    let cache = OrgCache::default();
+    let membership = Membership::Member {
+        organization_id: "o-abcdefghij".into(),
+        ancestors: vec!["ou-ab12-team0001".into(), "ou-ab12-prod0001".into(), "r-ab12".into()],
+    };
+    let poll = |cache: &OrgCache| {
+        let fut = cache.get_or_lookup(Partition::Aws, account, || async { Ok(membership.clone()) });
+        let mut fut = std::pin::pin!(fut);
+        match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => r.unwrap(),
+            Poll::Pending => panic!("a cache hit must not wait"),
+        }
+    };
+    poll(&cache); // fill the cache
+    let decide = || {
+        let plain = m.first_match(&account, &arn);
+        let candidates = m.organization_candidates(&account, &arn);
+        let candidates: Vec<usize> = candidates.into_iter().filter(|&i| plain.is_none_or(|p| i < p)).collect();
+        if candidates.is_empty() {
+            return plain;
+        }
+        let membership = poll(&cache);
+        candidates.into_iter().find(|&i| membership.admits(&token.rules()[i])).or(plain)
+    };
+    assert_eq!(decide(), Some(1));
+    assert_eq!(m.first_match(&account, &arn), Some(2));
+    let mut g = c.benchmark_group("organization_rules");
+    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.bench_function("plain_account_rule", |b| {
+        b.iter(|| black_box(m.first_match(black_box(&account), black_box(&arn))))
+    });
+    g.bench_function("cached_organization_rule", |b| b.iter(|| black_box(decide())));
+    g.finish();
+}
+
+criterion_group!(benches, match_rules, parse_tokens, organization_rules);
 criterion_main!(benches);

@@ -2,65 +2,14 @@
 //! header, using `aws-sigv4`, and write the raw HTTP/1.1 bytes the way Go's `http.Request.Write`
 //! does (what Teleport agents send).
 
-use std::fmt;
 use std::time::SystemTime;
 
-use zeroize::Zeroizing;
-
 use crate::challenge::DEFAULT_CHALLENGE_HEADER;
+pub use crate::credentials::Credentials;
+use crate::credentials::sign_headers;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::request::GET_CALLER_IDENTITY_BODY;
-
-/// AWS credentials. The secret key and session token are zeroized on drop and never printed:
-/// `Debug` shows the access key id and lengths only.
-#[derive(Clone)]
-pub struct Credentials {
-    access_key_id: String,
-    secret_access_key: Zeroizing<String>,
-    session_token: Option<Zeroizing<String>>,
-}
-
-impl Credentials {
-    /// Credentials from their parts.
-    pub fn new(
-        access_key_id: impl Into<String>,
-        secret_access_key: impl Into<String>,
-        session_token: Option<String>,
-    ) -> Self {
-        Self {
-            access_key_id: access_key_id.into(),
-            secret_access_key: Zeroizing::new(secret_access_key.into()),
-            session_token: session_token.map(Zeroizing::new),
-        }
-    }
-
-    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optional `AWS_SESSION_TOKEN`.
-    pub fn from_env() -> Result<Self, Error> {
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let missing = |k: &str| Error::new(ErrorKind::MalformedRequest, format!("{k} is not set"));
-        Ok(Self::new(
-            get("AWS_ACCESS_KEY_ID").ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?,
-            get("AWS_SECRET_ACCESS_KEY").ok_or_else(|| missing("AWS_SECRET_ACCESS_KEY"))?,
-            get("AWS_SESSION_TOKEN"),
-        ))
-    }
-
-    /// The access key id (not secret).
-    pub fn access_key_id(&self) -> &str {
-        &self.access_key_id
-    }
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &format_args!("<redacted {} bytes>", self.secret_access_key.len()))
-            .field("session_token", &self.session_token.as_ref().map(|t| format!("<redacted {} bytes>", t.len())))
-            .finish()
-    }
-}
 
 /// What to sign.
 #[derive(Clone, Debug)]
@@ -155,9 +104,6 @@ fn canonical(name: &str) -> String {
 /// assert!(raw.starts_with(b"POST / HTTP/1.1\r\nHost: sts.eu-west-1.amazonaws.com\r\n"));
 /// ```
 pub fn sign_join_request(creds: &Credentials, join: &JoinRequest, time: SystemTime) -> Result<Vec<u8>, Error> {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    use aws_sigv4::sign::v4;
-
     let endpoint = join.endpoint()?;
     let host = endpoint.host();
     let content_length = GET_CALLER_IDENTITY_BODY.len().to_string();
@@ -171,35 +117,14 @@ pub fn sign_join_request(creds: &Credentials, join: &JoinRequest, time: SystemTi
     if join.accept_json {
         to_sign.push(("accept", "application/json"));
     }
-    let failed = |e: &dyn fmt::Display| Error::new(ErrorKind::MalformedRequest, format!("signing failed: {e}"));
-    let identity = aws_credential_types::Credentials::new(
-        creds.access_key_id.clone(),
-        creds.secret_access_key.as_str().to_owned(),
-        creds.session_token.as_ref().map(|t| t.as_str().to_owned()),
-        None,
-        "iam-join",
-    )
-    .into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(endpoint.signing_region())
-        .name("sts")
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| failed(&e))?
-        .into();
-    let url = format!("https://{host}/");
-    let signable =
-        SignableRequest::new("POST", url, to_sign.iter().copied(), SignableBody::Bytes(GET_CALLER_IDENTITY_BODY))
-            .map_err(|e| failed(&e))?;
-    let (instructions, _signature) = sign(signable, &params).map_err(|e| failed(&e))?.into_parts();
+    let added = sign_headers(creds, "sts", endpoint.signing_region(), host, &to_sign, GET_CALLER_IDENTITY_BODY, time)
+        .map_err(|e| Error::new(ErrorKind::MalformedRequest, format!("signing failed: {}", e.detail())))?;
 
     let mut rest: Vec<(String, String)> = to_sign
         .iter()
         .filter(|(n, _)| !matches!(*n, "host" | "content-length"))
         .map(|(n, v)| (canonical(n), (*v).to_owned()))
-        .chain(instructions.headers().map(|(n, v)| (canonical(n), v.to_owned())))
+        .chain(added.into_iter().map(|(n, v)| (canonical(&n), v)))
         .collect();
     rest.sort();
     let mut out = Vec::with_capacity(2048);
@@ -221,15 +146,6 @@ pub fn sign_join_request(creds: &Credentials, join: &JoinRequest, time: SystemTi
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn debug_is_redacted() {
-        let c = Credentials::new("AKIAIOSFODNN7EXAMPLE", "secret-key-123", Some("session-token".to_owned()));
-        assert_eq!(
-            format!("{c:?}"),
-            "Credentials { access_key_id: \"AKIAIOSFODNN7EXAMPLE\", secret_access_key: <redacted 14 bytes>, session_token: Some(\"<redacted 13 bytes>\") }"
-        );
-    }
 
     #[test]
     fn canonical_header_names() {

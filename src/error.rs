@@ -132,6 +132,15 @@ impl Error {
         }
     }
 
+    /// The same error under another kind (e.g. a transport failure during an Organizations call).
+    pub(crate) fn into_kind(mut self, kind: ErrorKind) -> Self {
+        if self.kind != kind {
+            self.retryable = Some(self.is_retryable());
+            self.kind = kind;
+        }
+        self
+    }
+
     pub(crate) fn with_retryable(mut self, retryable: bool) -> Self {
         self.retryable = Some(retryable);
         self

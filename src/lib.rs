@@ -37,6 +37,7 @@
 pub mod agent;
 mod arn;
 pub mod challenge;
+mod credentials;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 mod endpoint;
@@ -51,6 +52,7 @@ mod transport;
 mod verifier;
 
 pub use arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Service};
+pub use credentials::Credentials;
 pub use endpoint::{Endpoint, EndpointPolicy, FipsMode};
 pub use error::{Error, ErrorKind, Problem, StsErrorInfo};
 pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};

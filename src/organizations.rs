@@ -7,13 +7,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
 use crate::arn::{AccountId, Partition};
+use crate::credentials::{Credentials, sign_headers};
 use crate::error::{Error, ErrorKind};
 use crate::token::{OrganizationalUnits, OuInclude, Rule};
+use crate::transport::{ReqwestTransport, StsResponse};
 
 /// Default time a looked-up membership is trusted.
 pub const DEFAULT_ORG_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
@@ -270,6 +272,93 @@ impl OrgCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The Organizations endpoint and signing region of a partition.
+fn organizations_endpoint(partition: Partition) -> Result<(&'static str, &'static str), Error> {
+    match partition {
+        Partition::Aws => Ok(("organizations.us-east-1.amazonaws.com", "us-east-1")),
+        Partition::AwsUsGov => Ok(("organizations.us-gov-west-1.amazonaws.com", "us-gov-west-1")),
+        Partition::AwsCn => Ok(("organizations.cn-northwest-1.amazonaws.com.cn", "cn-northwest-1")),
+        other => Err(lookup_failed(false, format!("no AWS Organizations endpoint is known for partition {other}"))),
+    }
+}
+
+/// Looks up where accounts sit, with the AWS Organizations API and the auth server's own
+/// credentials (not the joining agent's): `DescribeAccount` for the organization, then
+/// `ListParents` up to the root. Requests are AWS JSON 1.1, signed with `aws-sigv4`, and go
+/// through a [`ReqwestTransport`] (verified TLS, timeouts, caps, no redirects; its endpoint
+/// override redirects these calls, keeping the signed host). Results are cached ([`OrgCache`]).
+#[derive(Debug)]
+pub struct OrganizationsClient {
+    credentials: Credentials,
+    transport: ReqwestTransport,
+    cache: OrgCache,
+}
+
+impl OrganizationsClient {
+    /// A client with the default cache (5 minutes, 100,000 accounts).
+    pub fn new(credentials: Credentials, transport: ReqwestTransport) -> Self {
+        Self { credentials, transport, cache: OrgCache::default() }
+    }
+
+    /// Replaces the cache.
+    pub fn cache(mut self, cache: OrgCache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Where `account` sits, from the cache or the Organizations API. Requests are signed at
+    /// `now`.
+    pub async fn membership(
+        &self,
+        partition: Partition,
+        account: AccountId,
+        now: SystemTime,
+    ) -> Result<Membership, Error> {
+        self.cache.get_or_lookup(partition, account, || self.lookup(partition, account, now)).await
+    }
+
+    async fn lookup(&self, partition: Partition, account: AccountId, now: SystemTime) -> Result<Membership, Error> {
+        let (host, region) = organizations_endpoint(partition)?;
+        let r = self.call(host, region, "DescribeAccount", format!(r#"{{"AccountId":"{account}"}}"#), now).await?;
+        let Some(organization_id) = parse_describe_account(&account, r.status, &r.body)? else {
+            return Ok(Membership::NotInOrganization);
+        };
+        let mut ancestors = Vec::new();
+        let mut child = account.as_str().to_owned();
+        for _ in 0..=MAX_OU_DEPTH {
+            let r = self.call(host, region, "ListParents", format!(r#"{{"ChildId":"{child}"}}"#), now).await?;
+            match parse_list_parents(r.status, &r.body)? {
+                None => return Ok(Membership::NotInOrganization),
+                Some(Parent::Ou(id)) => {
+                    child.clone_from(&id);
+                    ancestors.push(id);
+                }
+                Some(Parent::Root(id)) => {
+                    ancestors.push(id);
+                    return Ok(Membership::Member { organization_id, ancestors });
+                }
+            }
+        }
+        Err(lookup_failed(false, format!("OUs nest deeper than {MAX_OU_DEPTH} levels above the account")))
+    }
+
+    async fn call(
+        &self,
+        host: &str,
+        region: &str,
+        operation: &str,
+        body: String,
+        now: SystemTime,
+    ) -> Result<StsResponse, Error> {
+        let target = format!("AWSOrganizationsV20161128.{operation}");
+        let headers =
+            [("host", host), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", target.as_str())];
+        let added = sign_headers(&self.credentials, "organizations", region, host, &headers, body.as_bytes(), now)?;
+        let all = headers.iter().copied().chain(added.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        self.transport.post(host, all, body.into_bytes()).await.map_err(|e| e.into_kind(ErrorKind::LookupFailed))
     }
 }
 

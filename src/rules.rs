@@ -44,6 +44,8 @@ pub struct RuleMatcher {
     /// Every other pattern (wildcards in the partition, service or account field, or patterns
     /// that are not principal-shaped): an index over the whole ARN.
     other: Index,
+    /// Organization rules (few per token): index and a matcher for the ARN pattern, if any.
+    organization: Vec<(usize, Option<globset::GlobMatcher>)>,
 }
 
 /// Where a pattern goes, from its first five fields.
@@ -354,8 +356,14 @@ impl RuleMatcher {
         let mut any_account: Map<(Partition, Service), IndexBuilder> = Map::default();
         let mut whole = Vec::new();
         let mut other = IndexBuilder::default();
+        let mut organization = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             if rule.needs_organization() {
+                let glob = match rule.aws_arn.as_deref() {
+                    Some(p) => Some(glob_builder(&to_glob(p), i)?.compile_matcher()),
+                    None => None,
+                };
+                organization.push((i, glob));
                 continue;
             }
             let r = RuleRef { index: i, account: rule.aws_account };
@@ -382,7 +390,24 @@ impl RuleMatcher {
             any_account: any_account.into_iter().map(|(k, b)| Ok((k, b.build()?))).collect::<Result<_, Error>>()?,
             any_account_whole: if whole.is_empty() { None } else { Some(build_globs(whole)?) },
             other: other.build()?,
+            organization,
         })
+    }
+
+    /// Organization rules, lowest index first, whose account and ARN fields match the identity:
+    /// each still needs an AWS Organizations lookup to decide. Empty when the token has none.
+    pub fn organization_candidates(&self, account: &AccountId, arn: &Arn) -> Vec<usize> {
+        if arn.account() != account {
+            return Vec::new();
+        }
+        self.organization
+            .iter()
+            .filter(|(i, glob)| {
+                self.rules[*i].aws_account.is_none_or(|a| &a == account)
+                    && glob.as_ref().is_none_or(|g| g.is_match(arn.as_str()))
+            })
+            .map(|(i, _)| *i)
+            .collect()
     }
 
     /// The rules, in order.
@@ -440,8 +465,19 @@ impl RuleMatcher {
         }
     }
 
-    /// Says, rule by rule, why the identity does or does not match.
+    /// Says, rule by rule, why the identity does or does not match. Organization rules are
+    /// reported as not evaluated; see [`RuleMatcher::explain_with`].
     pub fn explain(&self, account: &AccountId, arn: &Arn) -> Explanation {
+        self.explain_with(account, arn, None)
+    }
+
+    /// Like [`RuleMatcher::explain`], judging organization rules against `membership` when given.
+    pub fn explain_with(
+        &self,
+        account: &AccountId,
+        arn: &Arn,
+        membership: Option<&crate::organizations::Membership>,
+    ) -> Explanation {
         let mut arn_ok = vec![false; self.rules.len()];
         self.search(arn, &mut Goal::AllArnMatches(&mut arn_ok));
         let consistent = arn.account() == account;
@@ -460,9 +496,14 @@ impl RuleMatcher {
                     Some(_) if arn_ok[index] => Check::Matched,
                     Some(_) => Check::Differs,
                 };
-                let organization = if rule.needs_organization() { Check::NotEvaluated } else { Check::NotSet };
+                let organization = match (rule.needs_organization(), membership) {
+                    (false, _) => Check::NotSet,
+                    (true, None) => Check::NotEvaluated,
+                    (true, Some(m)) if m.admits(rule) => Check::Matched,
+                    (true, Some(_)) => Check::Differs,
+                };
                 let matched = consistent
-                    && organization == Check::NotSet
+                    && matches!(organization, Check::NotSet | Check::Matched)
                     && account_check != Check::Differs
                     && arn_check != Check::Differs;
                 RuleOutcome { index, account: account_check, arn: arn_check, organization, matched }
@@ -479,18 +520,22 @@ fn build_leaf(b: LeafBuilder) -> Result<Leaf, Error> {
     Ok(Leaf { min_index: min_index.unwrap_or(usize::MAX), exact: b.exact, head_star: b.head_star, globs })
 }
 
+/// A globset glob with Teleport's semantics (see [`to_glob`]).
+fn glob_builder(glob: &str, rule: usize) -> Result<globset::Glob, Error> {
+    GlobBuilder::new(glob)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .case_insensitive(false)
+        .build()
+        .map_err(|e| Error::new(ErrorKind::TokenInvalid, format!("rule {rule}: aws_arn: {e}")))
+}
+
 /// One glob set over already-translated globs, with the rule of each.
 fn build_globs(globs: Vec<(String, RuleRef)>) -> Result<(GlobSet, Vec<RuleRef>), Error> {
     let mut set = GlobSetBuilder::new();
     let mut refs = Vec::with_capacity(globs.len());
     for (glob, r) in globs {
-        let g = GlobBuilder::new(&glob)
-            .literal_separator(false)
-            .backslash_escape(true)
-            .case_insensitive(false)
-            .build()
-            .map_err(|e| Error::new(ErrorKind::TokenInvalid, format!("rule {}: aws_arn: {e}", r.index)))?;
-        set.add(g);
+        set.add(glob_builder(&glob, r.index)?);
         refs.push(r);
     }
     let set = set.build().map_err(|e| Error::new(ErrorKind::TokenInvalid, format!("compiling allow rules: {e}")))?;
@@ -561,6 +606,9 @@ impl fmt::Display for Explanation {
                 }
                 if r.organization == Check::NotEvaluated {
                     parts.push("organization not evaluated");
+                }
+                if r.organization == Check::Differs {
+                    parts.push("organization or OU differs");
                 }
                 if parts.is_empty() {
                     parts.push("ARN account differs from the account");

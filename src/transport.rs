@@ -215,14 +215,29 @@ impl ReqwestTransport {
     }
 
     async fn exchange(&self, request: &StsRequest) -> Result<StsResponse, Error> {
+        self.post(request.endpoint().host(), request.headers(), request.body().to_vec()).await
+    }
+
+    /// POSTs `body` to `https://{host}/` (or the override) with exactly these headers, `Host`
+    /// included, under the same rules as STS requests: verified TLS, no redirects, timeouts, the
+    /// body read up to the cap. Failures are retryable `sts_unavailable` errors; callers for other
+    /// services re-kind them.
+    pub(crate) async fn post<'h>(
+        &self,
+        host: &str,
+        headers: impl Iterator<Item = (&'h str, &'h str)>,
+        body: Vec<u8>,
+    ) -> Result<StsResponse, Error> {
         let url = match &self.base {
             Some(base) => base.clone(),
-            None => reqwest::Url::parse(&request.url()).map_err(|e| config_error(format!("bad STS URL: {e}")))?,
+            None => {
+                reqwest::Url::parse(&format!("https://{host}/")).map_err(|e| config_error(format!("bad URL: {e}")))?
+            }
         };
-        let mut req = self.client.post(url).body(request.body());
-        for (name, value) in request.headers() {
-            // reqwest sets Content-Length from the body (the same 43); every other header,
-            // Host included, is sent exactly as signed.
+        let mut req = self.client.post(url).body(body);
+        for (name, value) in headers {
+            // reqwest sets Content-Length from the body (the same length); every other header,
+            // Host included, is sent exactly as given.
             if name != "content-length" {
                 req = req.header(name, value);
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::field::Empty;
 
 use crate::error::{Error, ErrorKind};
+use crate::organizations::{Membership, OrganizationsClient};
 use crate::request::{RequestPolicy, StsRequest};
 use crate::response::{CallerIdentity, StsAnswer, parse_sts_response};
 use crate::token::{Role, Token, TokenSet};
@@ -95,6 +96,7 @@ struct Inner {
     tokens: TokenSet,
     policy: RequestPolicy,
     transport: Arc<dyn StsTransport>,
+    organizations: Option<Arc<OrganizationsClient>>,
     retries: u32,
     deadline: Duration,
 }
@@ -124,7 +126,14 @@ impl Verifier {
     /// Like [`Verifier::new`], sharing a transport (and its connection pool) between verifiers.
     pub fn with_shared_transport(tokens: TokenSet, policy: RequestPolicy, transport: Arc<dyn StsTransport>) -> Self {
         Self {
-            inner: Arc::new(Inner { tokens, policy, transport, retries: DEFAULT_RETRIES, deadline: DEFAULT_DEADLINE }),
+            inner: Arc::new(Inner {
+                tokens,
+                policy,
+                transport,
+                organizations: None,
+                retries: DEFAULT_RETRIES,
+                deadline: DEFAULT_DEADLINE,
+            }),
         }
     }
 
@@ -132,6 +141,13 @@ impl Verifier {
     /// freshness window and the deadline.
     pub fn retries(self, retries: u32) -> Self {
         self.map(|i| i.retries = retries)
+    }
+
+    /// Evaluates organization rules (`aws_organization_id`, `aws_organizational_units`) with this
+    /// client. Without one, tokens that use them are refused with `token_invalid`.
+    pub fn organizations(self, client: OrganizationsClient) -> Self {
+        let client = Arc::new(client);
+        self.map(|i| i.organizations = Some(client))
     }
 
     /// Bound on one whole verification, retries included (default 15 s).
@@ -144,6 +160,7 @@ impl Verifier {
             tokens: arc.tokens.clone(),
             policy: arc.policy.clone(),
             transport: arc.transport.clone(),
+            organizations: arc.organizations.clone(),
             retries: arc.retries,
             deadline: arc.deadline,
         });
@@ -170,9 +187,9 @@ impl Verifier {
         if token.is_expired(now) {
             return Err(token_invalid(format!("token {token_name:?} has expired")));
         }
-        if token.matcher().organization_rules().next().is_some() {
+        if self.inner.organizations.is_none() && token.matcher().organization_rules().next().is_some() {
             return Err(token_invalid(format!(
-                "token {token_name:?} uses aws_organization_id rules, which this version cannot evaluate"
+                "token {token_name:?} uses aws_organization_id rules but this verifier has no Organizations lookup configured"
             )));
         }
         let request = StsRequest::parse(raw_request, challenge, &self.inner.policy, now)?;
@@ -180,6 +197,9 @@ impl Verifier {
     }
 
     /// Reads STS's answer to a prepared request and matches the identity against the token.
+    ///
+    /// Sans-IO, so it cannot look up organizations: when an organization rule would have to
+    /// decide, it refuses with `lookup_failed`; use [`Verifier::verify`] for such tokens.
     pub fn conclude(
         &self,
         prepared: &Prepared,
@@ -187,7 +207,15 @@ impl Verifier {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<Verdict, Error> {
-        decide(prepared, parse_sts_response(status, content_type, body)?)
+        let answer = parse_sts_response(status, content_type, body)?;
+        if !organization_candidates(prepared, &answer).is_empty() {
+            return Err(Error::new(
+                ErrorKind::LookupFailed,
+                "an organization rule must decide, which needs verify (not conclude)",
+            )
+            .with_identity(answer.identity));
+        }
+        decide(prepared, answer, None)
     }
 
     /// Verifies one join: token, request, STS round trip (with retries), identity, rules.
@@ -265,7 +293,19 @@ impl Verifier {
                 .with_retryable(true));
             }
         };
-        decide(&prepared, answer)
+        let candidates = organization_candidates(&prepared, &answer);
+        let membership = match (&self.inner.organizations, candidates.is_empty()) {
+            (_, true) => None,
+            (None, false) => return Err(token_invalid("token uses organization rules but no lookup is configured")),
+            (Some(client), false) => {
+                let id = &answer.identity;
+                match client.membership(id.arn().partition(), *id.account(), now).await {
+                    Ok(m) => Some(m),
+                    Err(e) => return Err(e.with_identity(answer.identity)),
+                }
+            }
+        };
+        decide(&prepared, answer, membership.map(|m| (candidates, m)))
     }
 
     /// Sends and parses until an answer that is not a retryable `sts_unavailable` (connection
@@ -301,10 +341,30 @@ impl Verifier {
     }
 }
 
-/// Matches a verified identity against the prepared token's rules.
-fn decide(prepared: &Prepared, answer: StsAnswer) -> Result<Verdict, Error> {
+/// Organization rules that could decide: their other fields match and they precede the first
+/// plain rule that matches (the lowest index wins).
+fn organization_candidates(prepared: &Prepared, answer: &StsAnswer) -> Vec<usize> {
+    let m = prepared.token.matcher();
+    let id = &answer.identity;
+    let mut candidates = m.organization_candidates(id.account(), id.arn());
+    if let Some(plain) = m.first_match(id.account(), id.arn()) {
+        candidates.retain(|&i| i < plain);
+    }
+    candidates
+}
+
+/// Matches a verified identity against the prepared token's rules, with the looked-up membership
+/// for the organization candidates when there are any.
+fn decide(
+    prepared: &Prepared,
+    answer: StsAnswer,
+    organizations: Option<(Vec<usize>, Membership)>,
+) -> Result<Verdict, Error> {
     let identity = answer.identity;
-    match prepared.token.matcher().first_match(identity.account(), identity.arn()) {
+    let rules = prepared.token.rules();
+    let by_organization =
+        organizations.and_then(|(candidates, m)| candidates.into_iter().find(|&i| m.admits(&rules[i])));
+    match by_organization.or_else(|| prepared.token.matcher().first_match(identity.account(), identity.arn())) {
         Some(rule) => Ok(Verdict {
             token: prepared.token.name().to_owned(),
             roles: prepared.token.roles().to_vec(),

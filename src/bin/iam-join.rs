@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::{Args, Parser, Subcommand};
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
 use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
+use iam_join::organizations::{Membership, OrganizationsClient};
 use iam_join::{
     AccountId, Arn, EndpointOverride, EndpointPolicy, Error, ErrorKind, FipsMode, Partition, RequestPolicy,
     ReqwestTransport, TokenSet, Verifier,
@@ -43,6 +44,12 @@ enum Command {
         /// The identity's ARN.
         #[arg(long)]
         arn: String,
+        /// The account's AWS Organization (o-...), to explain organization rules offline.
+        #[arg(long)]
+        organization_id: Option<String>,
+        /// An OU or root id the account sits under (repeat for each ancestor).
+        #[arg(long = "ou")]
+        ous: Vec<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -112,6 +119,11 @@ struct VerifyArgs {
     /// Send to this URL instead (https://, or http:// on a loopback address); the signed Host is kept.
     #[arg(long)]
     sts_endpoint: Option<String>,
+    /// Send AWS Organizations calls to this URL instead (https://, or http:// on loopback).
+    /// Organization rules are looked up with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+    /// AWS_SESSION_TOKEN (the auth server's credentials, not the agent's).
+    #[arg(long)]
+    organizations_endpoint: Option<String>,
     /// Bound on the whole verification, retries included, in seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
@@ -133,7 +145,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckToken { files } => check_token(&files),
-        Command::Match { token, account, arn, json } => match_cmd(&token, &account, &arn, json),
+        Command::Match { token, account, arn, organization_id, ous, json } => {
+            let membership =
+                organization_id.map(|organization_id| Membership::Member { organization_id, ancestors: ous });
+            match_cmd(&token, &account, &arn, membership.as_ref(), json)
+        }
         Command::Verify(args) => verify(&args),
         Command::Sign { challenge, region, fips, accept_json, challenge_header } => {
             sign(&challenge, region, fips, accept_json, &challenge_header)
@@ -189,13 +205,19 @@ fn check_token(files: &[String]) -> Result<ExitCode, Usage> {
     Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
-fn match_cmd(token: &TokenArgs, account: &str, arn: &str, json: bool) -> Result<ExitCode, Usage> {
+fn match_cmd(
+    token: &TokenArgs,
+    account: &str,
+    arn: &str,
+    membership: Option<&Membership>,
+    json: bool,
+) -> Result<ExitCode, Usage> {
     let set = load_tokens(&token.file)?;
     let name = pick_token(&set, token.name.as_deref())?;
     let t = set.get(&name).ok_or_else(|| Usage("token vanished".into()))?;
     let account = AccountId::parse(account).ok_or_else(|| Usage(format!("--account {account:?} is not 12 digits")))?;
     let arn = Arn::parse(arn).map_err(|e| Usage(format!("--arn: {e}")))?;
-    let explanation = t.matcher().explain(&account, &arn);
+    let explanation = t.matcher().explain_with(&account, &arn, membership);
     if json {
         let rules: Vec<Value> = explanation
             .rules
@@ -255,7 +277,19 @@ fn verify(a: &VerifyArgs) -> Result<ExitCode, Usage> {
         transport = transport.endpoint_override(EndpointOverride::Url(url.clone()));
     }
     let transport = transport.build().map_err(|e| Usage(e.detail().to_owned()))?;
-    let verifier = Verifier::new(set, policy, transport).deadline(timeout);
+    let uses_organizations = set.get(&name).is_some_and(|t| t.matcher().organization_rules().next().is_some());
+    let mut verifier = Verifier::new(set, policy, transport).deadline(timeout);
+    if uses_organizations {
+        let creds = Credentials::from_env().map_err(|e| {
+            Usage(format!("token {name:?} has organization rules: {} (the auth server's credentials)", e.detail()))
+        })?;
+        let mut org = ReqwestTransport::builder().timeout(timeout);
+        if let Some(url) = &a.organizations_endpoint {
+            org = org.endpoint_override(EndpointOverride::Url(url.clone()));
+        }
+        let org = org.build().map_err(|e| Usage(e.detail().to_owned()))?;
+        verifier = verifier.organizations(OrganizationsClient::new(creds, org));
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = rt.block_on(verifier.verify(&name, &a.challenge, &raw, now));
     let out = verdict_json(&name, &result);

@@ -101,6 +101,29 @@ fn match_explains_and_exits_by_outcome() {
 }
 
 #[test]
+fn match_explains_organization_rules_offline() {
+    let yaml = "kind: token\nversion: v2\nmetadata:\n  name: org\nspec:\n  roles: [Node]\n  join_method: iam\n  allow:\n  - aws_organization_id: o-abcdefghij\n    aws_organizational_units: {include: [ou-ab12-prod0001], exclude: [ou-ab12-prodweb1]}\n";
+    let file = tempfile_path::write("org.yaml", yaml.as_bytes());
+    let base = ["match", "--token", file.s(), "--account", "222222222222", "--arn", "arn:aws:iam::222222222222:user/x"];
+    let with = |ous: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend(["--organization-id", "o-abcdefghij"]);
+        for ou in ous {
+            a.extend(["--ou", ou]);
+        }
+        run(&a, None)
+    };
+    let out = with(&["ou-ab12-prod0001", "r-ab12"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = with(&["ou-ab12-prodweb1", "ou-ab12-prod0001", "r-ab12"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("organization or OU differs"));
+    let out = run(&base, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("organization not evaluated"));
+}
+
+#[test]
 fn challenge_prints_a_fresh_one() {
     let out = run(&["challenge"], None);
     assert_eq!(out.status.code(), Some(0));

@@ -10,6 +10,8 @@ mod endpoints;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod faults;
 mod matching;
+#[cfg(all(feature = "agent", feature = "emulator"))]
+mod org_rules;
 mod organizations;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod pipeline;

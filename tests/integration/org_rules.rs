@@ -1,0 +1,310 @@
+//! Organization rules end to end: STS is the loopback emulator, and AWS Organizations a loopback
+//! fake answering `DescribeAccount` / `ListParents` (AWS JSON 1.1) from a small tree, with
+//! failure modes. Include, exclude, `*`, nested OUs, accounts outside any organization and in
+//! another organization, each lookup failure, the cache, and that tokens without organization
+//! rules never call Organizations.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
+use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
+use iam_join::organizations::OrganizationsClient;
+use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const ORG: &str = "o-abcdefghij";
+const ROOT: &str = "r-ab12";
+const PROD: &str = "ou-ab12-prod0001";
+const PROD_WEB: &str = "ou-ab12-prodweb1";
+const DEV: &str = "ou-ab12-devel001";
+
+/// (account, role name) of each test principal; the key id is derived from the account.
+const ACCOUNTS: &[(&str, &str)] = &[
+    ("222222222222", "web"),     // org, root > prod > prod-web
+    ("333333333333", "api"),     // org, root > prod
+    ("444444444444", "dev"),     // org, root > dev
+    ("555555555555", "lonely"),  // in no organization
+    ("666666666666", "foreign"), // another organization
+];
+
+fn key(account: &str) -> String {
+    format!("AKIA{account}ORG0")
+}
+
+fn principals() -> Vec<EmulatedPrincipal> {
+    ACCOUNTS
+        .iter()
+        .map(|(a, role)| EmulatedPrincipal {
+            access_key_id: key(a),
+            secret_access_key: format!("secret-{a}"),
+            session_token: None,
+            arn: format!("arn:aws:iam::{a}:user/{role}"),
+            user_id: format!("AIDA{a}"),
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    Denied,
+    Throttled,
+}
+
+/// A fake Organizations endpoint. Returns its URL and a request counter.
+async fn organizations(mode: Mode) -> (String, Arc<AtomicUsize>) {
+    let parents: HashMap<&str, (&str, &str)> = HashMap::from([
+        ("222222222222", (PROD_WEB, "ORGANIZATIONAL_UNIT")),
+        (PROD_WEB, (PROD, "ORGANIZATIONAL_UNIT")),
+        ("333333333333", (PROD, "ORGANIZATIONAL_UNIT")),
+        (PROD, (ROOT, "ROOT")),
+        ("444444444444", (DEV, "ORGANIZATIONAL_UNIT")),
+        (DEV, (ROOT, "ROOT")),
+    ]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (parents, c) = (parents.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                loop {
+                    // One request per read loop: head plus a small JSON body.
+                    while !(buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.ends_with(b"}")) {
+                        let Ok(n) = s.read(&mut b).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&b[..n]);
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let req = String::from_utf8_lossy(&buf).to_string();
+                    buf.clear();
+                    assert!(
+                        req.to_ascii_lowercase()
+                            .contains("authorization: aws4-hmac-sha256 credential=akiaorgreader000000/"),
+                        "{req}"
+                    );
+                    let field = |name: &str| {
+                        req.split(&format!("\"{name}\":\""))
+                            .nth(1)
+                            .and_then(|r| r.split('"').next())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    let (status, body) = match mode {
+                        Mode::Denied => (400, r#"{"__type":"AccessDeniedException","Message":"no"}"#.to_owned()),
+                        Mode::Throttled => {
+                            (400, r#"{"__type":"TooManyRequestsException","Message":"slow"}"#.to_owned())
+                        }
+                        Mode::Normal if req.contains("AWSOrganizationsV20161128.DescribeAccount") => {
+                            let a = field("AccountId");
+                            match a.as_str() {
+                                "555555555555" => {
+                                    (400, r#"{"__type":"AccountNotFoundException","Message":"x"}"#.to_owned())
+                                }
+                                "666666666666" => (
+                                    200,
+                                    format!(
+                                        r#"{{"Account":{{"Arn":"arn:aws:organizations::777777777777:account/o-zzzzzzzzzz/{a}","Id":"{a}"}}}}"#
+                                    ),
+                                ),
+                                _ => (
+                                    200,
+                                    format!(
+                                        r#"{{"Account":{{"Arn":"arn:aws:organizations::111111111111:account/{ORG}/{a}","Id":"{a}"}}}}"#
+                                    ),
+                                ),
+                            }
+                        }
+                        Mode::Normal => {
+                            let child = field("ChildId");
+                            // The foreign account's organization has its own root.
+                            let (id, kind) = parents.get(child.as_str()).copied().unwrap_or(("r-zz99", "ROOT"));
+                            (200, format!(r#"{{"Parents":[{{"Id":"{id}","Type":"{kind}"}}]}}"#))
+                        }
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+fn tokens() -> TokenSet {
+    TokenSet::from_yaml(&format!(
+        r#"kind: token
+version: v2
+metadata:
+  name: prod-not-web
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_organization_id: {ORG}
+    aws_organizational_units: {{include: [{PROD}], exclude: [{PROD_WEB}]}}
+---
+kind: token
+version: v2
+metadata:
+  name: whole-org
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_organization_id: {ORG}
+    aws_organizational_units: {{include: ["*"]}}
+---
+kind: token
+version: v2
+metadata:
+  name: dev-users-only
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_organization_id: {ORG}
+    aws_arn: "arn:aws:iam::*:user/dev"
+---
+kind: token
+version: v2
+metadata:
+  name: plain
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_account: "222222222222"
+"#
+    ))
+    .unwrap()
+}
+
+async fn setup(mode: Mode) -> (StsEmulator, Arc<AtomicUsize>, Verifier) {
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let (org_url, org_count) = organizations(mode).await;
+    let sts_transport =
+        ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap();
+    let org_transport = ReqwestTransport::builder()
+        .endpoint_override(EndpointOverride::Url(org_url))
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let reader = Credentials::new("AKIAORGREADER000000", "org-reader-secret", None);
+    let v = Verifier::new(tokens(), RequestPolicy::new(), sts_transport)
+        .organizations(OrganizationsClient::new(reader, org_transport));
+    (sts, org_count, v)
+}
+
+async fn join(v: &Verifier, token: &str, account: &str) -> Result<iam_join::Verdict, iam_join::Error> {
+    let c = iam_join::challenge::generate().unwrap();
+    let creds = Credentials::new(key(account), format!("secret-{account}"), None);
+    let raw = sign_join_request(&creds, &JoinRequest::new(&c), SystemTime::now()).unwrap();
+    v.verify(token, &c, &raw, SystemTime::now()).await
+}
+
+#[tokio::test]
+async fn include_exclude_star_nesting_and_outsiders() {
+    let (_sts, _org, v) = setup(Mode::Normal).await;
+    let table: &[(&str, &str, bool)] = &[
+        ("prod-not-web", "333333333333", true),  // directly under the included OU
+        ("prod-not-web", "222222222222", false), // nested under it, but also under the excluded OU
+        ("prod-not-web", "444444444444", false), // another OU
+        ("prod-not-web", "555555555555", false), // in no organization
+        ("prod-not-web", "666666666666", false), // another organization
+        ("whole-org", "222222222222", true),     // "*": anywhere in the organization
+        ("whole-org", "444444444444", true),
+        ("whole-org", "666666666666", false),
+        ("whole-org", "555555555555", false),
+        ("dev-users-only", "444444444444", true), // organization AND the ARN pattern
+        ("dev-users-only", "333333333333", false),
+    ];
+    for &(token, account, allowed) in table {
+        let r = join(&v, token, account).await;
+        match (allowed, r) {
+            (true, Ok(verdict)) => assert_eq!(verdict.matched_rule(), 0),
+            (false, Err(e)) => {
+                assert_eq!(e.kind(), ErrorKind::NotAllowed, "{token} {account}: {e}");
+                assert!(e.identity().is_some());
+            }
+            (want, got) => panic!("{token} {account}: wanted allowed={want}, got {got:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn lookups_are_cached_and_skipped_when_not_needed() {
+    let (_sts, org, v) = setup(Mode::Normal).await;
+    join(&v, "whole-org", "333333333333").await.unwrap();
+    let after_first = org.load(Ordering::SeqCst);
+    assert_eq!(after_first, 3, "DescribeAccount and two ListParents");
+    for _ in 0..5 {
+        join(&v, "whole-org", "333333333333").await.unwrap();
+    }
+    assert_eq!(org.load(Ordering::SeqCst), after_first, "cached");
+    // A rule whose cheaper fields fail never looks up.
+    join(&v, "dev-users-only", "222222222222").await.unwrap_err();
+    assert_eq!(org.load(Ordering::SeqCst), after_first);
+    // A token without organization rules never touches Organizations.
+    join(&v, "plain", "222222222222").await.unwrap();
+    assert_eq!(org.load(Ordering::SeqCst), after_first);
+}
+
+#[tokio::test]
+async fn lookup_failures_refuse_with_lookup_failed() {
+    for (mode, retryable, says) in
+        [(Mode::Denied, false, "organizations:DescribeAccount"), (Mode::Throttled, true, "throttled")]
+    {
+        let (_sts, _org, v) = setup(mode).await;
+        let e = join(&v, "whole-org", "333333333333").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LookupFailed, "{e}");
+        assert_eq!(e.is_retryable(), retryable);
+        assert!(e.detail().contains(says), "{e}");
+        assert!(e.identity().is_some(), "the verified identity is kept for audit");
+    }
+    // Unreachable.
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let v = Verifier::new(
+        tokens(),
+        RequestPolicy::new(),
+        ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap(),
+    )
+    .organizations(OrganizationsClient::new(
+        Credentials::new("AKIAORGREADER000000", "x", None),
+        ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(dead)).build().unwrap(),
+    ));
+    let e = join(&v, "whole-org", "333333333333").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LookupFailed);
+    assert!(e.is_retryable());
+}
+
+#[tokio::test]
+async fn without_a_client_organization_tokens_are_refused_before_network() {
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let v = Verifier::new(
+        tokens(),
+        RequestPolicy::new(),
+        ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap(),
+    );
+    let e = join(&v, "whole-org", "333333333333").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TokenInvalid);
+    assert_eq!(sts.requests(), 0);
+    join(&v, "plain", "222222222222").await.unwrap();
+}
