@@ -18,7 +18,8 @@ from botocore.credentials import Credentials
 
 IAM_JOIN = sys.argv[1]
 BODY = "Action=GetCallerIdentity&Version=2011-06-15"
-SETUP_CALLS = 6  # create_user x2, create_access_key x2, create_role, assume_role
+# create_user x2, create_access_key x2, create_role, assume_role, create_policy, attach_user_policy
+SETUP_CALLS = 8
 passed, failed = 0, 0
 
 
@@ -51,11 +52,16 @@ def botocore_request(creds, host, region, challenge, accept_json=False):
     return "\r\n".join(lines).encode()
 
 
-def verify(tokens, challenge, raw, port):
+def verify(tokens, challenge, raw, port, org_creds=None):
+    env = dict(os.environ)
+    if org_creds:  # the auth server's own credentials, for Organizations lookups
+        env.update(AWS_ACCESS_KEY_ID=org_creds[0], AWS_SECRET_ACCESS_KEY=org_creds[1])
+        env.pop("AWS_SESSION_TOKEN", None)
     out = subprocess.run(
         [IAM_JOIN, "verify", "--token", tokens, "--challenge", challenge, "--request", "-",
-         "--sts-endpoint", f"http://127.0.0.1:{port}/", "--timeout", "5"],
-        input=raw, capture_output=True)
+         "--sts-endpoint", f"http://127.0.0.1:{port}/", "--organizations-endpoint", f"http://127.0.0.1:{port}/",
+         "--timeout", "5"],
+        input=raw, capture_output=True, env=env)
     try:
         return out.returncode, json.loads(out.stdout)
     except json.JSONDecodeError:
@@ -96,6 +102,9 @@ def main():
         trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
         role = iam.create_role(RoleName="teleport-node-role", AssumeRolePolicyDocument=trust)["Role"]
         temp = sts.assume_role(RoleArn=role["Arn"], RoleSessionName="i-0123456789abcdef0")["Credentials"]
+        admin = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+        policy = iam.create_policy(PolicyName="everything", PolicyDocument=admin)["Policy"]["Arn"]
+        iam.attach_user_policy(UserName="ci-deployer", PolicyArn=policy)
         account = role["Arn"].split(":")[4]
         user = Credentials(key["AccessKeyId"], key["SecretAccessKey"])
         session = Credentials(temp["AccessKeyId"], temp["SecretAccessKey"], temp["SessionToken"])
@@ -171,6 +180,49 @@ spec:
                   answer[:300])
             expect(f"iam-join sign ({host}) | iam-join verify: allowed", "allowed", raw, c)
         os.unlink(tokens.name)
+
+        # Organization rules: moto's Organizations emulation answers the auth server's lookups
+        # (signed with its own credentials, here ci-deployer's), so joins are allowed or denied
+        # by where the account sits.
+        server_creds = (key["AccessKeyId"], key["SecretAccessKey"])
+
+        def org_join(name, rule_yaml, want):
+            f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+            f.write("kind: token\nversion: v2\nmetadata:\n  name: org\nspec:\n  roles: [Node]\n"
+                    "  join_method: iam\n  allow:\n" + rule_yaml)
+            f.close()
+            c = challenge()
+            code, out = verify(f.name, c, botocore_request(user, "sts.amazonaws.com", "us-east-1", c), port, server_creds)
+            os.unlink(f.name)
+            if want == "allowed":
+                check(name, code == 0 and out.get("allowed") is True, f"exit {code}: {out}")
+            else:
+                check(name, code == 1 and out.get("error", {}).get("kind") == want, f"exit {code}: {out}")
+
+        org_join("organization rule, account in no organization yet: not_allowed",
+                 '  - aws_organization_id: o-aaaaaaaaaa\n    aws_organizational_units: {include: ["*"]}\n', "not_allowed")
+        orgs = boto3.client("organizations", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                            aws_access_key_id=server_creds[0], aws_secret_access_key=server_creds[1])
+        org_id = orgs.create_organization(FeatureSet="ALL")["Organization"]["Id"]
+        root = orgs.list_roots()["Roots"][0]["Id"]
+        prod = orgs.create_organizational_unit(ParentId=root, Name="prod")["OrganizationalUnit"]["Id"]
+        web = orgs.create_organizational_unit(ParentId=prod, Name="web")["OrganizationalUnit"]["Id"]
+        dev = orgs.create_organizational_unit(ParentId=root, Name="dev")["OrganizationalUnit"]["Id"]
+        orgs.move_account(AccountId=account, SourceParentId=root, DestinationParentId=web)
+        org_join("organization rule, include [\"*\"]: allowed",
+                 f'  - aws_organization_id: {org_id}\n    aws_organizational_units: {{include: ["*"]}}\n', "allowed")
+        org_join("organization id only: allowed", f"  - aws_organization_id: {org_id}\n", "allowed")
+        org_join("include the parent OU of a nested OU: allowed",
+                 f"  - aws_organization_id: {org_id}\n    aws_organizational_units: {{include: [{prod}]}}\n", "allowed")
+        org_join("include the parent OU but exclude the nested one: not_allowed",
+                 f"  - aws_organization_id: {org_id}\n    aws_organizational_units: {{include: [{prod}], exclude: [{web}]}}\n",
+                 "not_allowed")
+        org_join("include another OU: not_allowed",
+                 f"  - aws_organization_id: {org_id}\n    aws_organizational_units: {{include: [{dev}]}}\n", "not_allowed")
+        org_join("another organization's id: not_allowed",
+                 "  - aws_organization_id: o-zzzzzzzzzz\n    aws_organizational_units: {include: [\"*\"]}\n", "not_allowed")
+        org_join("organization AND account field: other account, not_allowed (no lookup needed)",
+                 f"  - aws_organization_id: {org_id}\n    aws_account: \"111122223333\"\n", "not_allowed")
     finally:
         moto.terminate()
         moto.wait(timeout=10)
