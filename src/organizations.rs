@@ -85,7 +85,8 @@ fn classify(operation: &str, status: u16, body: &[u8]) -> Result<(), Error> {
     let kind = error_type(body).unwrap_or_default();
     match kind.as_str() {
         "AccountNotFoundException" | "ChildNotFoundException" | "AWSOrganizationsNotInUseException" => Ok(()),
-        "AccessDeniedException" | "AccessDenied" => Err(lookup_failed(
+        // Any 403 is access denied too, whatever its body (emulators answer XML).
+        _ if status == 403 || kind.starts_with("AccessDenied") => Err(lookup_failed(
             false,
             format!("Organizations denied {operation}: the auth server's credentials need organizations:{operation}"),
         )),
@@ -435,6 +436,13 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::LookupFailed);
         assert!(!e.is_retryable());
         assert!(e.detail().contains("organizations:DescribeAccount"), "{e}");
+        let xml_403 = br#"<ErrorResponse><Errors><Error><Code>AccessDenied</Code></Error></Errors></ErrorResponse>"#;
+        assert!(
+            parse_describe_account(&acct(), 403, xml_403)
+                .unwrap_err()
+                .detail()
+                .contains("organizations:DescribeAccount")
+        );
         let throttled = br#"{"__type":"TooManyRequestsException","Message":"slow down"}"#;
         assert!(parse_describe_account(&acct(), 400, throttled).unwrap_err().is_retryable());
         assert!(parse_describe_account(&acct(), 503, b"<html>").unwrap_err().is_retryable());

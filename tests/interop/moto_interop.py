@@ -186,18 +186,19 @@ spec:
         # by where the account sits.
         server_creds = (key["AccessKeyId"], key["SecretAccessKey"])
 
-        def org_join(name, rule_yaml, want):
+        def org_join(name, rule_yaml, want, creds=None, says=None):
             f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
             f.write("kind: token\nversion: v2\nmetadata:\n  name: org\nspec:\n  roles: [Node]\n"
                     "  join_method: iam\n  allow:\n" + rule_yaml)
             f.close()
             c = challenge()
-            code, out = verify(f.name, c, botocore_request(user, "sts.amazonaws.com", "us-east-1", c), port, server_creds)
+            code, out = verify(f.name, c, botocore_request(user, "sts.amazonaws.com", "us-east-1", c), port, creds or server_creds)
             os.unlink(f.name)
             if want == "allowed":
                 check(name, code == 0 and out.get("allowed") is True, f"exit {code}: {out}")
             else:
-                check(name, code == 1 and out.get("error", {}).get("kind") == want, f"exit {code}: {out}")
+                ok = code == 1 and out.get("error", {}).get("kind") == want
+                check(name, ok and (says is None or says in out["error"].get("message", "")), f"exit {code}: {out}")
 
         org_join("organization rule, account in no organization yet: not_allowed",
                  '  - aws_organization_id: o-aaaaaaaaaa\n    aws_organizational_units: {include: ["*"]}\n', "not_allowed")
@@ -221,6 +222,9 @@ spec:
                  f"  - aws_organization_id: {org_id}\n    aws_organizational_units: {{include: [{dev}]}}\n", "not_allowed")
         org_join("another organization's id: not_allowed",
                  "  - aws_organization_id: o-zzzzzzzzzz\n    aws_organizational_units: {include: [\"*\"]}\n", "not_allowed")
+        org_join("auth server credentials without Organizations permissions: lookup_failed naming it",
+                 f'  - aws_organization_id: {org_id}\n    aws_organizational_units: {{include: ["*"]}}\n', "lookup_failed",
+                 creds=(stranger_key["AccessKeyId"], stranger_key["SecretAccessKey"]), says="organizations:DescribeAccount")
         org_join("organization AND account field: other account, not_allowed (no lookup needed)",
                  f"  - aws_organization_id: {org_id}\n    aws_account: \"111122223333\"\n", "not_allowed")
     finally:
