@@ -480,6 +480,10 @@ impl RuleMatcher {
     ) -> Explanation {
         let mut arn_ok = vec![false; self.rules.len()];
         self.search(arn, &mut Goal::AllArnMatches(&mut arn_ok));
+        // Organization rules are not in the index; their patterns have their own matchers.
+        for (i, glob) in &self.organization {
+            arn_ok[*i] = glob.as_ref().is_some_and(|g| g.is_match(arn.as_str()));
+        }
         let consistent = arn.account() == account;
         let rules = self
             .rules
@@ -771,6 +775,25 @@ mod tests {
         for p in good {
             assert_eq!(arn_pattern_problem(p, None), None, "{p:?} should be accepted");
         }
+    }
+
+    #[test]
+    fn explain_judges_organization_rules_with_their_own_patterns() {
+        use crate::organizations::Membership;
+        let yaml = "kind: token\nversion: v2\nmetadata:\n  name: t\nspec:\n  roles: [Node]\n  join_method: iam\n  allow:\n  - aws_organization_id: o-abcdefghij\n    aws_arn: \"arn:aws:iam::*:user/admins-*\"\n  - aws_organization_id: o-abcdefghij\n    aws_arn: \"arn:aws:iam::*:user/other\"\n";
+        let set = crate::token::TokenSet::from_yaml(yaml).unwrap();
+        let m = set.get("t").unwrap().matcher();
+        let arn = Arn::parse(USER).unwrap();
+        let member = Membership::Member { organization_id: "o-abcdefghij".into(), ancestors: vec!["r-ab12".into()] };
+        let e = m.explain_with(arn.account(), &arn, Some(&member));
+        assert_eq!(
+            (e.rules[0].arn, e.rules[0].organization, e.rules[0].matched),
+            (Check::Matched, Check::Matched, true)
+        );
+        assert_eq!((e.rules[1].arn, e.rules[1].matched), (Check::Differs, false));
+        assert_eq!(e.matched, Some(0));
+        assert_eq!(m.organization_candidates(arn.account(), &arn), vec![0]);
+        assert_eq!(m.first_match(arn.account(), &arn), None, "organization rules never match without a lookup");
     }
 
     #[test]
