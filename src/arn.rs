@@ -91,6 +91,15 @@ impl Service {
             Self::Sts => "sts",
         }
     }
+
+    /// Parses `iam` or `sts` exactly.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "iam" => Some(Self::Iam),
+            "sts" => Some(Self::Sts),
+            _ => None,
+        }
+    }
 }
 
 /// The kind of principal an ARN names, with its parts.
@@ -247,11 +256,7 @@ impl Arn {
         };
         let partition =
             Partition::from_name(partition).ok_or_else(|| ArnError::UnknownPartition(partition.to_owned()))?;
-        let service = match service {
-            "iam" => Service::Iam,
-            "sts" => Service::Sts,
-            other => return Err(ArnError::UnknownService(other.to_owned())),
-        };
+        let service = Service::from_name(service).ok_or_else(|| ArnError::UnknownService(service.to_owned()))?;
         if !region.is_empty() {
             return Err(ArnError::UnexpectedRegion(region.to_owned()));
         }

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::arn::Partition;
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, printable};
 
 /// One STS endpoint AWS publishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,15 +177,6 @@ impl EndpointPolicy {
         }
         Ok(endpoint)
     }
-}
-
-/// A host as it may appear in an error: quoted, at most 64 characters, escapes for anything odd.
-pub(crate) fn printable(host: &str) -> String {
-    let mut s: String = host.chars().take(64).collect::<String>().escape_debug().collect();
-    if host.chars().count() > 64 {
-        s.push_str("...");
-    }
-    format!("\"{s}\"")
 }
 
 #[cfg(test)]

@@ -198,6 +198,16 @@ impl Error {
     }
 }
 
+/// Untrusted text as it may appear in an error: quoted, at most 64 characters, escapes for
+/// anything odd.
+pub(crate) fn printable(text: &str) -> String {
+    let mut s: String = text.chars().take(64).collect::<String>().escape_debug().collect();
+    if text.chars().count() > 64 {
+        s.push_str("...");
+    }
+    format!("\"{s}\"")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

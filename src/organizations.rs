@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::arn::{AccountId, Partition};
 use crate::credentials::{Credentials, sign_headers};
 use crate::error::{Error, ErrorKind};
-use crate::token::{OrganizationalUnits, OuInclude, Rule};
+use crate::token::{OrganizationalUnits, OuInclude, Rule, is_org_id};
 use crate::transport::{ReqwestTransport, StsResponse};
 
 /// Default time a looked-up membership is trusted.
@@ -191,12 +191,6 @@ pub fn parse_list_parents(status: u16, body: &[u8]) -> Result<Option<Parent>, Er
         "ROOT" if p.id.starts_with("r-") => Ok(Some(Parent::Root(p.id.clone()))),
         _ => Err(lookup_failed(false, "ListParents answer has a parent of an unknown type")),
     }
-}
-
-fn is_org_id(s: &str) -> bool {
-    s.strip_prefix("o-").is_some_and(|r| {
-        (10..=32).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    })
 }
 
 type Key = (Partition, AccountId);

@@ -9,8 +9,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::challenge::{self, DEFAULT_CHALLENGE_HEADER};
-use crate::endpoint::{Endpoint, EndpointPolicy, printable};
-use crate::error::{Error, ErrorKind};
+use crate::endpoint::{Endpoint, EndpointPolicy};
+use crate::error::{Error, ErrorKind, printable};
 use crate::sigv4;
 
 /// The largest request head (request line and headers) accepted. A signed GetCallerIdentity with

@@ -13,7 +13,7 @@ use quick_xml::events::Event;
 use serde::Deserialize;
 
 use crate::arn::{AccountId, Arn};
-use crate::error::{Error, ErrorKind, StsErrorInfo};
+use crate::error::{Error, ErrorKind, StsErrorInfo, printable};
 
 /// The largest STS response body read. A real GetCallerIdentity answer is under 1 KiB; error
 /// bodies are smaller still.
@@ -195,10 +195,6 @@ struct Node {
     xmlns: Option<String>,
     text: String,
     children: Vec<Node>,
-}
-
-fn printable(s: &str) -> String {
-    format!("{:?}", s.chars().take(64).collect::<String>())
 }
 
 /// `lenient` (for error bodies, which only feed the log) also accepts comments and CDATA.

@@ -68,7 +68,7 @@ fn shape(pattern: &str) -> Shape<'_> {
     if wild(arn) || wild(p) || wild(s) || wild(region) {
         return Shape::Other;
     }
-    let (Some(partition), Some(service), "arn", "") = (Partition::from_name(p), service_from_name(s), arn, region)
+    let (Some(partition), Some(service), "arn", "") = (Partition::from_name(p), Service::from_name(s), arn, region)
     else {
         return Shape::Never;
     };
@@ -81,14 +81,6 @@ fn shape(pattern: &str) -> Shape<'_> {
     match AccountId::parse(account) {
         Some(a) => Shape::ByAccount(partition, service, a, rest),
         None => Shape::Never,
-    }
-}
-
-fn service_from_name(s: &str) -> Option<Service> {
-    match s {
-        "iam" => Some(Service::Iam),
-        "sts" => Some(Service::Sts),
-        _ => None,
     }
 }
 
@@ -328,7 +320,7 @@ pub(crate) fn arn_pattern_problem(pattern: &str, account: Option<&AccountId>) ->
     if let Some(p) = fields.get(1).filter(|p| Partition::from_name(p).is_none()) {
         return cannot(format!("unknown partition {p:?}"));
     }
-    if let Some(s) = fields.get(2).filter(|s| !matches!(**s, "iam" | "sts")) {
+    if let Some(s) = fields.get(2).filter(|s| Service::from_name(s).is_none()) {
         return cannot(format!("service {s:?} is not iam or sts"));
     }
     if let Some(r) = fields.get(3).filter(|r| !r.is_empty()) {

@@ -664,7 +664,7 @@ fn is_lower_alnum(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
-fn is_org_id(s: &str) -> bool {
+pub(crate) fn is_org_id(s: &str) -> bool {
     s.strip_prefix("o-").is_some_and(|r| is_lower_alnum(r, 10, 32))
 }
 

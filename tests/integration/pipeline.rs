@@ -84,8 +84,7 @@ pub(crate) async fn setup() -> (StsEmulator, Verifier) {
     (sts, Verifier::new(tokens, RequestPolicy::new(), transport))
 }
 
-fn sign(creds: &Credentials, challenge: &str, join: JoinRequest) -> Vec<u8> {
-    let _ = challenge;
+fn sign(creds: &Credentials, join: JoinRequest) -> Vec<u8> {
     sign_join_request(creds, &join, SystemTime::now()).unwrap()
 }
 
@@ -93,7 +92,7 @@ fn sign(creds: &Credentials, challenge: &str, join: JoinRequest) -> Vec<u8> {
 async fn allowed_user_by_account_rule_global_xml() {
     let (sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
-    let raw = sign(&user(), &challenge, JoinRequest::new(&challenge));
+    let raw = sign(&user(), JoinRequest::new(&challenge));
     let verdict = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap();
     assert_eq!(verdict.identity().arn().as_str(), "arn:aws:iam::111111111111:user/ci-deployer");
     assert_eq!(verdict.matched_rule(), 0);
@@ -107,7 +106,7 @@ async fn allowed_user_by_account_rule_global_xml() {
 async fn allowed_assumed_role_regional_json_like_teleport() {
     let (sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
-    let raw = sign(&role(), &challenge, JoinRequest::new(&challenge).region("us-west-2").accept_json(true));
+    let raw = sign(&role(), JoinRequest::new(&challenge).region("us-west-2").accept_json(true));
     let text = String::from_utf8(raw.clone()).unwrap();
     assert!(
         text.contains(
@@ -125,7 +124,7 @@ async fn allowed_assumed_role_regional_json_like_teleport() {
 async fn wrong_secret_is_signature_rejected() {
     let (sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
-    let raw = sign(&Credentials::new(USER_KEY, "not-the-secret", None), &challenge, JoinRequest::new(&challenge));
+    let raw = sign(&Credentials::new(USER_KEY, "not-the-secret", None), JoinRequest::new(&challenge));
     let e = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::SignatureRejected, "{e}");
     assert_eq!(e.sts_error().unwrap().code, "SignatureDoesNotMatch");
@@ -137,7 +136,7 @@ async fn wrong_secret_is_signature_rejected() {
 async fn unknown_access_key_is_signature_rejected() {
     let (_sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
-    let raw = sign(&Credentials::new("AKIAUNKNOWNKEY000001", "x", None), &challenge, JoinRequest::new(&challenge));
+    let raw = sign(&Credentials::new("AKIAUNKNOWNKEY000001", "x", None), JoinRequest::new(&challenge));
     let e = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::SignatureRejected);
     assert_eq!(e.sts_error().unwrap().code, "InvalidClientTokenId");
@@ -150,7 +149,7 @@ async fn challenge_swapped_in_after_signing_is_refused_by_sts() {
     let (sts, v) = setup().await;
     let old = iam_join::challenge::generate().unwrap();
     let new = iam_join::challenge::generate().unwrap();
-    let raw = String::from_utf8(sign(&user(), &old, JoinRequest::new(&old))).unwrap().replace(&old, &new);
+    let raw = String::from_utf8(sign(&user(), JoinRequest::new(&old))).unwrap().replace(&old, &new);
     let e = v.verify("iam-token", &new, raw.as_bytes(), SystemTime::now()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::SignatureRejected);
     assert_eq!(sts.requests(), 1);
@@ -161,7 +160,7 @@ async fn other_challenge_is_refused_locally() {
     let (sts, v) = setup().await;
     let issued = iam_join::challenge::generate().unwrap();
     let other = iam_join::challenge::generate().unwrap();
-    let raw = sign(&user(), &other, JoinRequest::new(&other));
+    let raw = sign(&user(), JoinRequest::new(&other));
     let e = v.verify("iam-token", &issued, &raw, SystemTime::now()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ChallengeMismatch);
     assert_eq!(sts.requests(), 0, "nothing may leave the process");
@@ -171,7 +170,7 @@ async fn other_challenge_is_refused_locally() {
 async fn untrusted_host_is_refused_locally() {
     let (sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
-    let raw = String::from_utf8(sign(&user(), &challenge, JoinRequest::new(&challenge)))
+    let raw = String::from_utf8(sign(&user(), JoinRequest::new(&challenge)))
         .unwrap()
         .replace("Host: sts.amazonaws.com", "Host: sts.amazonaws.com.evil.example");
     let e = v.verify("iam-token", &challenge, raw.as_bytes(), SystemTime::now()).await.unwrap_err();
@@ -183,8 +182,7 @@ async fn untrusted_host_is_refused_locally() {
 async fn identity_matching_no_rule_is_not_allowed_and_kept_for_audit() {
     let (sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
-    let raw =
-        sign(&Credentials::new("AKIAOTHERACCOUNT0001", "other-secret", None), &challenge, JoinRequest::new(&challenge));
+    let raw = sign(&Credentials::new("AKIAOTHERACCOUNT0001", "other-secret", None), JoinRequest::new(&challenge));
     let e = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotAllowed);
     assert_eq!(e.identity().unwrap().arn().as_str(), "arn:aws:iam::999999999999:user/stranger");
@@ -195,7 +193,7 @@ async fn identity_matching_no_rule_is_not_allowed_and_kept_for_audit() {
 async fn token_problems_are_refused_before_any_network_work() {
     let (sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
-    let raw = sign(&user(), &challenge, JoinRequest::new(&challenge));
+    let raw = sign(&user(), JoinRequest::new(&challenge));
     for token in ["expired-token", "no-such-token"] {
         let e = v.verify(token, &challenge, &raw, SystemTime::now()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::TokenInvalid, "{token}: {e}");
@@ -219,7 +217,7 @@ async fn stale_request_is_expired_locally() {
 async fn sans_io_prepare_and_conclude() {
     let (_sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
-    let raw = sign(&role(), &challenge, JoinRequest::new(&challenge).region("eu-west-1"));
+    let raw = sign(&role(), JoinRequest::new(&challenge).region("eu-west-1"));
     let prepared = v.prepare("iam-token", &challenge, &raw, SystemTime::now()).unwrap();
     assert_eq!(prepared.request().url(), "https://sts.eu-west-1.amazonaws.com/");
     let body = std::fs::read(crate::common::vectors("sts/ok_assumed_role.xml")).unwrap();
