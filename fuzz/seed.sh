@@ -35,3 +35,9 @@ for arn in \
     echo "111111111111|arn:aws:iam::*:user/*"
   } > "corpus/match_rules/seed-$i"
 done
+mkdir -p corpus/parse_organizations
+for f in "$vectors"/organizations/*.json; do
+  # The first byte selects the answer (even = DescribeAccount, odd = ListParents) and the status.
+  case "$(basename "$f")" in describe_*) sel='\x00' ;; *) sel='\x01' ;; esac
+  { printf "$sel"; cat "$f"; } > "corpus/parse_organizations/$(basename "$f" .json)"
+done

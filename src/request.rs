@@ -291,6 +291,11 @@ impl StsRequest {
             if is_forbidden_signed(name) {
                 return Err(malformed(format!("{name} must not be signed: it is a hop-by-hop or proxy header")));
             }
+            if name == "authorization" {
+                // It carries the signature, so no signer can have signed it; listing it would
+                // also make the rebuilt request carry it twice.
+                return Err(malformed("authorization cannot be among the signed headers"));
+            }
             // Present exactly once (the challenge is checked below, with its own error kind).
             signed_values.push(if name == challenge_name { "" } else { one(name, name)? });
         }

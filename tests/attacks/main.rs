@@ -1,0 +1,273 @@
+//! The attack corpus: hostile inputs gathered from public advisories and from the ways this
+//! design is known to be attacked, each with the refusal kind it must get.
+//!
+//! Every case runs through the whole [`Verifier`], whose transport sends to a loopback fake STS
+//! that counts the requests it receives and answers with a scripted body. A case whose refusal is
+//! local must leave that count at zero: nothing left the process. Hostile STS answers are served
+//! by the same fake, so they travel the real HTTP path. Each table also has a positive control
+//! (the untouched input is allowed), so a refusal is due to the attack and not to the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod identities;
+mod requests;
+mod sts_bodies;
+mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// 2026-11-28T15:00:00Z, the Teleport vector's X-Amz-Date.
+pub(crate) fn signed_at() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_795_878_000)
+}
+
+fn vector(path: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    std::fs::read_to_string(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The byte-exact request a Teleport agent sends (Go `Request.Write`), signed at [`signed_at`].
+pub(crate) fn teleport_request() -> String {
+    vector("requests/teleport_go_request_write.http")
+}
+
+pub(crate) fn challenge() -> String {
+    vector("requests/CHALLENGE")
+}
+
+/// The identity the fake STS reports unless a case says otherwise; `TOKENS` allows it.
+pub(crate) const IDENTITY_ARN: &str = "arn:aws:sts::123456789012:assumed-role/teleport-node-role/i-0123456789abcdef0";
+
+pub(crate) fn identity_xml(account: &str, arn: &str) -> String {
+    format!(
+        "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+         <GetCallerIdentityResult><Arn>{arn}</Arn><UserId>AROAEXAMPLEROLEID0001:i-0123456789abcdef0</UserId>\
+         <Account>{account}</Account></GetCallerIdentityResult>\
+         <ResponseMetadata><RequestId>01234567-89ab-cdef-0123-456789abcdef</RequestId></ResponseMetadata>\
+         </GetCallerIdentityResponse>"
+    )
+}
+
+pub(crate) const TOKENS: &str = r#"
+kind: token
+version: v2
+metadata:
+  name: iam-token
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_account: "123456789012"
+    aws_arn: "arn:aws:sts::123456789012:assumed-role/teleport-node-role/i-*"
+  - aws_account: "210987654321"
+    aws_arn: "arn:aws:iam::210987654321:user/ad.in"
+  - aws_arn: "arn:aws:iam::444455556666:role/deploy-?"
+---
+kind: token
+version: v2
+metadata:
+  name: expired-token
+  expires: "2020-01-01T00:00:00Z"
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_account: "123456789012"
+"#;
+
+/// What the fake STS answers: status, content type and body.
+#[derive(Clone, Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Answer {
+    pub(crate) fn xml(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Answer { status, content_type: "text/xml", body: body.into() }
+    }
+
+    pub(crate) fn ok() -> Self {
+        Answer::xml(200, identity_xml("123456789012", IDENTITY_ARN))
+    }
+}
+
+/// A loopback fake STS: answers every request with the current [`Answer`] and counts requests.
+pub(crate) struct FakeSts {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    answer: Arc<Mutex<Answer>>,
+    last: Arc<Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeSts {
+    pub(crate) async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let answer = Arc::new(Mutex::new(Answer::ok()));
+        let last = Arc::new(Mutex::new(Vec::new()));
+        let (count, script, seen) = (requests.clone(), answer.clone(), last.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (count, script, seen) = (count.clone(), script.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 4096];
+                    // Head, then the fixed 43-byte body.
+                    loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                            && buf.len() >= end + 4 + 43
+                        {
+                            break;
+                        }
+                        match s.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    *seen.lock().unwrap() = buf;
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let a = script.lock().unwrap().clone();
+                    let head = format!(
+                        "HTTP/1.1 {} X\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        a.status,
+                        a.content_type,
+                        a.body.len()
+                    );
+                    let _ = s.write_all(&[head.as_bytes(), &a.body].concat()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        FakeSts { addr, requests, answer, last, task }
+    }
+
+    pub(crate) fn answer(&self, a: Answer) {
+        *self.answer.lock().unwrap() = a;
+    }
+
+    /// The bytes of the last request received.
+    pub(crate) fn last_request(&self) -> String {
+        String::from_utf8_lossy(&self.last.lock().unwrap()).into_owned()
+    }
+
+    pub(crate) fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// A verifier whose only way out is this fake STS. No retries, so counts are exact.
+    pub(crate) fn verifier(&self) -> Verifier {
+        let transport = ReqwestTransport::builder()
+            .endpoint_override(EndpointOverride::Url(format!("http://{}/", self.addr)))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport).retries(0)
+    }
+}
+
+impl Drop for FakeSts {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Where a refusal must come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Where {
+    /// Before any network work: the fake STS must see no request.
+    Local,
+    /// After STS answered: the fake STS sees exactly one request.
+    AfterSts,
+}
+
+/// Runs one verification and checks it is refused with `kind`, from `place`, without leaking a
+/// secret. Returns a description of what went wrong, if anything.
+pub(crate) async fn expect_refusal(
+    sts: &FakeSts,
+    v: &Verifier,
+    token: &str,
+    raw: &[u8],
+    kind: ErrorKind,
+    place: Where,
+) -> Result<(), String> {
+    let before = sts.requests();
+    let result = v.verify(token, &challenge(), raw, signed_at()).await;
+    let sent = sts.requests() - before;
+    let err = match result {
+        Ok(verdict) => return Err(format!("ALLOWED as {}", verdict.identity().arn().as_str())),
+        Err(e) => e,
+    };
+    let mut problems = Vec::new();
+    if err.kind() != kind {
+        problems.push(format!("kind {} (want {}): {err}", err.kind().as_str(), kind.as_str()));
+    }
+    let want_sent = match place {
+        Where::Local => 0,
+        Where::AfterSts => 1,
+    };
+    if sent != want_sent {
+        problems.push(format!("{sent} request(s) reached STS, want {want_sent}"));
+    }
+    let text = format!("{err} {err:?}");
+    for secret in ["4f0a2b6d0c1e3f5a", "IQoJb3JpZ2lu", "wJalrXUtnFEMI"] {
+        if text.contains(secret) {
+            problems.push(format!("secret {secret:?} leaked: {text}"));
+        }
+    }
+    if text.contains(&challenge()) {
+        problems.push("challenge leaked".into());
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+}
+
+/// Collects failures of a whole table and reports them together, by case name.
+#[derive(Default)]
+pub(crate) struct Report {
+    failures: Vec<String>,
+    cases: usize,
+}
+
+impl Report {
+    pub(crate) fn record(&mut self, name: &str, source: &str, result: Result<(), String>) {
+        assert!(!name.is_empty() && !source.is_empty(), "every case is named and sourced");
+        self.cases += 1;
+        if let Err(e) = result {
+            self.failures.push(format!("{name} [{source}]: {e}"));
+        }
+    }
+
+    pub(crate) fn finish(self, min_cases: usize) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            self.failures.len(),
+            self.cases,
+            self.failures.join("\n")
+        );
+        assert!(self.cases >= min_cases, "only {} cases ran", self.cases);
+    }
+}
+
+/// The corpus size the issue asks for, across all tables.
+#[test]
+fn corpus_has_at_least_80_named_cases_with_unique_names() {
+    let mut names: Vec<&str> = requests::CASES.iter().map(|c| c.name).collect();
+    names.extend(sts_bodies::CASES.iter().map(|c| c.name));
+    names.extend(tokens::CASES.iter().map(|c| c.name));
+    names.extend(identities::CASES.iter().map(|c| c.name));
+    let total = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), total, "case names must be unique");
+    assert!(total >= 80, "{total} cases");
+}
