@@ -1,0 +1,394 @@
+//! Fault soak: many verifications at 64 concurrent against a loopback STS that injects faults.
+//!
+//! A fault proxy sits in front of the SigV4-checking [`StsEmulator`]. It passes 90% of requests
+//! through and answers the other 10% with a fault: a connection reset, silence past the timeout,
+//! a 500, throttling, or STS's real answer dripping in (half in time, half too slow). The joins mix an
+//! allowed principal, a principal the token does not allow, a wrong secret and a tampered
+//! challenge. The test checks that nothing panics, that nothing is allowed that should not be,
+//! that every call returns within the verifier's deadline, and that memory stays flat.
+//!
+//! Ignored by default. `.ci/run` runs a short form; the full run is
+//! `cargo test --release --all-features --test soak -- --ignored --nocapture`
+//! (`IAM_JOIN_SOAK_JOINS` sets the number of joins, 10,000 by default).
+#![cfg(all(feature = "agent", feature = "emulator"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
+use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
+use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const CONCURRENCY: usize = 64;
+const FAULT_PERCENT: u64 = 10;
+const TRANSPORT_TIMEOUT: Duration = Duration::from_millis(300);
+const DEADLINE: Duration = Duration::from_secs(3);
+/// Scheduling slack on a loaded 2-core machine: a call must return by DEADLINE + SLACK.
+const SLACK: Duration = Duration::from_millis(750);
+
+const ALLOWED_ARN: &str = "arn:aws:sts::123456789012:assumed-role/teleport-node-role/i-0123456789abcdef0";
+const STRANGER_ARN: &str = "arn:aws:iam::999999999999:user/stranger";
+
+const TOKENS: &str = r#"
+kind: token
+version: v2
+metadata:
+  name: iam-token
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_account: "123456789012"
+    aws_arn: "arn:aws:sts::123456789012:assumed-role/teleport-node-role/i-*"
+"#;
+
+fn principals() -> Vec<EmulatedPrincipal> {
+    vec![
+        EmulatedPrincipal {
+            access_key_id: "ASIASOAKALLOWED00001".into(),
+            secret_access_key: "allowed-secret".into(),
+            session_token: Some("soak-session-token".into()),
+            arn: ALLOWED_ARN.into(),
+            user_id: "AROASOAKROLE:i-0123456789abcdef0".into(),
+        },
+        EmulatedPrincipal {
+            access_key_id: "AKIASOAKSTRANGER0001".into(),
+            secret_access_key: "stranger-secret".into(),
+            session_token: None,
+            arn: STRANGER_ARN.into(),
+            user_id: "AIDASOAKSTRANGER".into(),
+        },
+        EmulatedPrincipal {
+            access_key_id: "AKIASOAKTAMPERED0001".into(),
+            secret_access_key: "tampered-secret".into(),
+            session_token: None,
+            arn: ALLOWED_ARN.into(),
+            user_id: "AIDASOAKTAMPERED".into(),
+        },
+    ]
+}
+
+/// What a join is, and so what its outcome may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Join {
+    /// The token allows it: allowed, or `sts_unavailable` when faults outlast the retries.
+    Allowed,
+    /// Not in the token: `not_allowed` or `sts_unavailable`, never allowed.
+    Stranger,
+    /// Signed with the wrong secret: `signature_rejected` or `sts_unavailable`, never allowed.
+    WrongSecret,
+    /// Challenge swapped: `challenge_mismatch`, refused locally, never sent.
+    Tampered,
+}
+
+fn join_kind(i: usize) -> Join {
+    match i % 20 {
+        0..=13 => Join::Allowed,
+        14..=16 => Join::Stranger,
+        17..=18 => Join::WrongSecret,
+        _ => Join::Tampered,
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    Reset,
+    Silence,
+    Status500,
+    Throttling,
+    DripInTime,
+    DripTooSlow,
+}
+
+/// Reads one request (head and Content-Length body); `None` when the peer closed.
+async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                buf.truncate(end + 4 + len);
+                return Some(buf);
+            }
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads one whole response (head and Content-Length body) from the emulator.
+async fn read_response(s: &mut TcpStream) -> Option<Vec<u8>> {
+    read_request(s).await
+}
+
+const THROTTLING: &str = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>soak</RequestId></ErrorResponse>";
+const INTERNAL: &str = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Receiver</Type><Code>InternalFailure</Code><Message>oops</Message></Error><RequestId>soak</RequestId></ErrorResponse>";
+
+struct Proxy {
+    addr: SocketAddr,
+    faults: Arc<Mutex<BTreeMap<Fault, usize>>>,
+    passed: Arc<AtomicUsize>,
+    /// Requests that carried the tampered principal's key: must stay 0.
+    tampered_seen: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn fault_proxy(upstream: SocketAddr) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let faults = Arc::new(Mutex::new(BTreeMap::new()));
+    let passed = Arc::new(AtomicUsize::new(0));
+    let tampered_seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let (f, p, t) = (faults.clone(), passed.clone(), tampered_seen.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let _ = client.set_nodelay(true);
+            let (faults, passed, tampered, counter) = (f.clone(), p.clone(), t.clone(), counter.clone());
+            tokio::spawn(async move {
+                while let Some(req) = read_request(&mut client).await {
+                    if req.windows(20).any(|w| w == b"AKIASOAKTAMPERED0001") {
+                        tampered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let roll = splitmix(counter.fetch_add(1, Ordering::SeqCst)) % 100;
+                    let fault = match roll {
+                        r if r >= FAULT_PERCENT => None,
+                        0..=1 => Some(Fault::Reset),
+                        2..=3 => Some(Fault::Silence),
+                        4..=5 => Some(Fault::Status500),
+                        6..=7 => Some(Fault::Throttling),
+                        8 => Some(Fault::DripInTime),
+                        _ => Some(Fault::DripTooSlow),
+                    };
+                    let forward = |req: Vec<u8>| async move {
+                        let mut up = TcpStream::connect(upstream).await.ok()?;
+                        let _ = up.set_nodelay(true);
+                        up.write_all(&req).await.ok()?;
+                        read_response(&mut up).await
+                    };
+                    let Some(fault) = fault else {
+                        passed.fetch_add(1, Ordering::SeqCst);
+                        let Some(resp) = forward(req).await else { return };
+                        if client.write_all(&resp).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    };
+                    *faults.lock().unwrap().entry(fault).or_insert(0) += 1;
+                    let reply = |status: u16, body: &str| {
+                        format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    match fault {
+                        Fault::Reset => {
+                            let _ = client.set_zero_linger();
+                            return;
+                        }
+                        Fault::Silence => {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            return;
+                        }
+                        Fault::Status500 => {
+                            if client.write_all(reply(500, INTERNAL).as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        Fault::Throttling => {
+                            if client.write_all(reply(400, THROTTLING).as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        Fault::DripInTime | Fault::DripTooSlow => {
+                            // STS's real answer, a few bytes at a time: in time (allowed if the
+                            // identity is), or too slow for the transport's timeout.
+                            let Some(whole) = forward(req).await else { return };
+                            let pause = if fault == Fault::DripInTime { 2 } else { 50 };
+                            for piece in whole.chunks(64) {
+                                if client.write_all(piece).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(pause)).await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Proxy { addr, faults, passed, tampered_seen, task }
+}
+
+/// Resident and peak resident memory of this process, in KiB (Linux `/proc/self/status`).
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[derive(Default)]
+struct Tally {
+    outcomes: BTreeMap<(Join, String), usize>,
+    wrong: Vec<String>,
+    latencies_us: Vec<u64>,
+    max_elapsed: Duration,
+}
+
+async fn soak(joins: usize) {
+    let emulator = StsEmulator::start(principals()).await.unwrap();
+    let proxy = fault_proxy(emulator.addr()).await;
+    let transport = ReqwestTransport::builder()
+        .endpoint_override(EndpointOverride::Url(format!("http://{}/", proxy.addr)))
+        .connect_timeout(TRANSPORT_TIMEOUT)
+        .timeout(TRANSPORT_TIMEOUT)
+        .build()
+        .unwrap();
+    let verifier = Arc::new(
+        Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport).deadline(DEADLINE),
+    );
+    let allowed = Credentials::new("ASIASOAKALLOWED00001", "allowed-secret", Some("soak-session-token".into()));
+    let stranger = Credentials::new("AKIASOAKSTRANGER0001", "stranger-secret", None);
+    let wrong = Credentials::new("ASIASOAKALLOWED00001", "not-the-secret", Some("soak-session-token".into()));
+    let tampered = Credentials::new("AKIASOAKTAMPERED0001", "tampered-secret", None);
+    let creds = Arc::new([allowed, stranger, wrong, tampered]);
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let checkpoints = Arc::new(Mutex::new(Vec::<(usize, u64)>::new()));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (verifier, creds, next, tally, checkpoints) =
+            (verifier.clone(), creds.clone(), next.clone(), tally.clone(), checkpoints.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= joins {
+                    break;
+                }
+                if i % (joins / 10).max(1) == 0 {
+                    checkpoints.lock().unwrap().push((i, memory_kib().0));
+                }
+                let kind = join_kind(i);
+                let challenge = iam_join::challenge::generate().unwrap();
+                let c = &creds[kind as usize];
+                let raw =
+                    sign_join_request(c, &JoinRequest::new(&challenge).region("us-west-2"), SystemTime::now()).unwrap();
+                let expected =
+                    if kind == Join::Tampered { iam_join::challenge::generate().unwrap() } else { challenge };
+                let t = Instant::now();
+                let result = verifier.verify("iam-token", &expected, &raw, SystemTime::now()).await;
+                let elapsed = t.elapsed();
+                let outcome = match &result {
+                    Ok(_) => "allowed".to_owned(),
+                    Err(e) => e.kind().as_str().to_owned(),
+                };
+                let fine = match (kind, &result) {
+                    (Join::Allowed, Ok(v)) => v.identity().arn().as_str() == ALLOWED_ARN,
+                    (Join::Allowed, Err(e)) => e.kind() == ErrorKind::StsUnavailable,
+                    (Join::Stranger, Err(e)) => matches!(e.kind(), ErrorKind::NotAllowed | ErrorKind::StsUnavailable),
+                    (Join::WrongSecret, Err(e)) => {
+                        matches!(e.kind(), ErrorKind::SignatureRejected | ErrorKind::StsUnavailable)
+                    }
+                    (Join::Tampered, Err(e)) => e.kind() == ErrorKind::ChallengeMismatch,
+                    (_, Ok(_)) => false,
+                };
+                let mut t = tally.lock().unwrap();
+                if !fine {
+                    t.wrong.push(format!("join {i} ({kind:?}): {outcome} {result:?}"));
+                }
+                if elapsed > DEADLINE + SLACK {
+                    t.wrong.push(format!("join {i} ({kind:?}) took {elapsed:?}"));
+                }
+                t.max_elapsed = t.max_elapsed.max(elapsed);
+                t.latencies_us.push(elapsed.as_micros() as u64);
+                *t.outcomes.entry((kind, outcome)).or_insert(0) += 1;
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("a worker panicked");
+    }
+    let wall = started.elapsed();
+    let (rss_end, peak) = memory_kib();
+
+    let mut t = std::mem::take(&mut *tally.lock().unwrap());
+    t.latencies_us.sort_unstable();
+    let pct = |p: f64| t.latencies_us[((t.latencies_us.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
+    let mut cps = checkpoints.lock().unwrap().clone();
+    cps.sort_unstable();
+    println!(
+        "soak: {joins} joins at {CONCURRENCY} concurrent in {:.1} s ({:.0}/s); latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        wall.as_secs_f64(),
+        joins as f64 / wall.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        t.max_elapsed.as_secs_f64() * 1000.0
+    );
+    println!(
+        "soak: requests passed through untouched {}, faults injected {:?}",
+        proxy.passed.load(Ordering::SeqCst),
+        proxy.faults.lock().unwrap()
+    );
+    for ((kind, outcome), n) in &t.outcomes {
+        println!("soak: {kind:?} -> {outcome}: {n}");
+    }
+    println!(
+        "soak: RSS at each tenth {:?} KiB; at the end {rss_end} KiB; peak (VmHWM) {peak} KiB",
+        cps.iter().map(|c| c.1).collect::<Vec<_>>()
+    );
+
+    assert!(t.wrong.is_empty(), "{} wrong outcome(s):\n{}", t.wrong.len(), t.wrong.join("\n"));
+    assert_eq!(t.latencies_us.len(), joins, "every join returned");
+    assert_eq!(proxy.tampered_seen.load(Ordering::SeqCst), 0, "a locally refused join reached STS");
+    let faults: usize = proxy.faults.lock().unwrap().values().sum();
+    let sent = faults + proxy.passed.load(Ordering::SeqCst);
+    assert!(faults * 100 >= sent * 5, "faults were injected: {faults} of {sent}");
+    let allowed = t.outcomes.get(&(Join::Allowed, "allowed".to_owned())).copied().unwrap_or(0);
+    assert!(allowed * 100 >= joins * 60, "most allowed joins succeed despite faults: {allowed}");
+    // Flat memory: after warm-up (the second tenth), resident memory grows by less than 32 MiB.
+    if let (Some(warm), true) = (cps.get(1), rss_end > 0) {
+        assert!(rss_end < warm.1 + 32 * 1024, "RSS grew from {} KiB to {rss_end} KiB", warm.1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: run by .ci/run in a short form, or by hand (see the module docs)"]
+async fn soak_under_faults() {
+    let joins = std::env::var("IAM_JOIN_SOAK_JOINS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    soak(joins).await;
+}
