@@ -15,6 +15,7 @@ mod org_rules;
 mod organizations;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod pipeline;
+mod properties;
 mod requests;
 mod sts_responses;
 mod tokens;
