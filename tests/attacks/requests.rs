@@ -172,6 +172,7 @@ cases! {
 
     // Authorization duplicated, split or not SigV4.
     authorization_twice [AUTHZ]: |s| add(s, "Authorization: AWS4-HMAC-SHA256 Credential=AKIAEVILEXAMPLE00000/20261128/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=00") => MalformedRequest;
+    authorization_two_signed_headers_components [AUTHZ]: |s| swap(s, ", Signature=", ", SignedHeaders=host;x-amz-date, Signature=") => MalformedRequest;
     authorization_split_over_two_headers [AUTHZ]: |s| swap(s, ", SignedHeaders=", "\r\nAuthorization: SignedHeaders=") => MalformedRequest;
     authorization_obs_fold [AUTHZ]: |s| swap(s, ", SignedHeaders=", ",\r\n SignedHeaders=") => MalformedRequest;
     authorization_missing [AUTHZ]: |s| remove(s, "Authorization") => MalformedRequest;
