@@ -70,20 +70,69 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// A problem found at a place in a token file (1-based line and column; 0 when unknown).
+/// How much a token-file diagnostic matters.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// The token (or, with no token named, the file) cannot be used; `check-token` exits 2.
+    Error,
+    /// The token loads and is usable, but something in it is almost certainly a mistake, such as
+    /// an `aws_arn` that can never match. Teleport accepts these; so does this library.
+    Warning,
+    /// Worth knowing and harmless, such as a token of another join method that was skipped.
+    Info,
+}
+
+impl Severity {
+    /// `error`, `warning` or `info`, as the CLI prints it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warning => "warning",
+            Self::Info => "info",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A diagnostic at a place in a token file (1-based line and column; 0 when unknown).
+///
+/// `Display` is `LINE:COL: SEVERITY: MESSAGE`, or `FILE:LINE:COL: SEVERITY: MESSAGE` when the
+/// set was loaded with a file name ([`crate::TokenSet::with_file_name`]).
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// The token file's name, when the caller gave one.
+    pub file: Option<std::sync::Arc<str>>,
     /// 1-based line of the offending YAML node, 0 when the location is unknown.
     pub line: u64,
     /// 1-based column of the offending YAML node, 0 when the location is unknown.
     pub column: u64,
+    /// How much it matters.
+    pub severity: Severity,
+    /// The token it belongs to (`metadata.name`), when known; `None` for file-level problems.
+    pub token: Option<String>,
     /// What is wrong, for an operator.
     pub message: String,
 }
 
+impl Problem {
+    pub(crate) fn new(severity: Severity, line: u64, column: u64, message: String) -> Self {
+        Self { file: None, line, column, severity, token: None, message }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+        if let Some(file) = &self.file {
+            write!(f, "{file}:")?;
+        }
+        write!(f, "{}:{}: {}: {}", self.line, self.column, self.severity, self.message)
     }
 }
 

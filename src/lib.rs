@@ -54,7 +54,7 @@ mod verifier;
 pub use arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Service};
 pub use credentials::Credentials;
 pub use endpoint::{Endpoint, EndpointPolicy, FipsMode};
-pub use error::{Error, ErrorKind, Problem, StsErrorInfo};
+pub use error::{Error, ErrorKind, Problem, Severity, StsErrorInfo};
 pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};
 pub use response::{
     CallerIdentity, MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer,

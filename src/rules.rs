@@ -20,7 +20,7 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::arn::{AccountId, Arn, Partition, Service};
 use crate::error::{Error, ErrorKind};
-use crate::token::{MAX_ARN_PATTERN_LEN, Rule};
+use crate::token::Rule;
 
 type Map<K, V> = HashMap<K, V, RandomState>;
 
@@ -293,50 +293,50 @@ fn pattern_account(pattern: &str) -> Option<AccountId> {
     literal_fields(pattern).get(4).and_then(|a| AccountId::parse(a))
 }
 
-/// Why an `aws_arn` pattern is unusable, or `None` when it is fine. A pattern is refused when no
-/// principal ARN could ever match it, or when it pins an account other than the rule's
-/// `aws_account` (the rule could never match).
-pub(crate) fn arn_pattern_problem(pattern: &str, account: Option<&AccountId>) -> Option<String> {
-    if pattern.is_empty() {
-        return Some("aws_arn is empty; remove it or give a pattern".to_owned());
-    }
-    if pattern.len() > MAX_ARN_PATTERN_LEN {
-        return Some(format!("aws_arn is longer than {MAX_ARN_PATTERN_LEN} bytes"));
-    }
+/// Why an `aws_arn` pattern can never match the ARN of a principal that STS reports, or `None`
+/// when it can. Teleport accepts such patterns (they simply never match), so this is a lint, not
+/// an error: a forgotten `/*`, characters no ARN holds, a partition, service, region or account
+/// field no principal ARN has, or an account other than the rule's own `aws_account`.
+pub(crate) fn arn_pattern_lint(pattern: &str, account: Option<&AccountId>) -> Option<String> {
+    let never = |why: String| Some(format!("aws_arn {pattern:?} can never match a principal ARN: {why}"));
     if !pattern.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Some(format!("aws_arn {pattern:?} has characters no ARN contains (spaces, controls or non-ASCII)"));
+        return never("it has characters no ARN contains (spaces, controls or non-ASCII)".to_owned());
     }
-    if !pattern.starts_with("arn:") {
-        return Some(format!("aws_arn {pattern:?} cannot match any ARN: it must start with \"arn:\""));
+    // The pattern must be able to start with `arn:`, wildcards included.
+    for (p, want) in pattern.bytes().chain(std::iter::repeat(0)).zip(*b"arn:") {
+        match p {
+            b'*' => break,
+            b'?' => {}
+            p if p == want => {}
+            _ => return never("it must start with \"arn:\"".to_owned()),
+        }
     }
     if !pattern.contains(['*', '?']) {
-        return Arn::parse(pattern)
-            .err()
-            .map(|e| format!("aws_arn {pattern:?} cannot match any principal ARN: {e}"))
-            .or_else(|| account_conflict(pattern, account));
+        return match Arn::parse(pattern) {
+            Err(e) => never(e.to_string()),
+            Ok(_) => account_conflict(pattern, account),
+        };
     }
     let fields = literal_fields(pattern);
-    let cannot = |why: String| Some(format!("aws_arn {pattern:?} cannot match any principal ARN: {why}"));
     if let Some(p) = fields.get(1).filter(|p| Partition::from_name(p).is_none()) {
-        return cannot(format!("unknown partition {p:?}"));
+        return never(format!("unknown partition {p:?}"));
     }
     if let Some(s) = fields.get(2).filter(|s| Service::from_name(s).is_none()) {
-        return cannot(format!("service {s:?} is not iam or sts"));
+        return never(format!("service {s:?} is not iam or sts"));
     }
     if let Some(r) = fields.get(3).filter(|r| !r.is_empty()) {
-        return cannot(format!("principal ARNs have an empty region, found {r:?}"));
+        return never(format!("principal ARNs have an empty region, found {r:?}"));
     }
     if let Some(a) = fields.get(4).filter(|a| AccountId::parse(a).is_none()) {
-        return cannot(format!("account {a:?} is not 12 digits"));
+        return never(format!("account {a:?} is not 12 digits"));
     }
     account_conflict(pattern, account)
 }
 
 fn account_conflict(pattern: &str, account: Option<&AccountId>) -> Option<String> {
     let (Some(want), Some(pinned)) = (account, pattern_account(pattern)) else { return None };
-    (want != &pinned).then(|| {
-        format!("aws_arn {pattern:?} names account {pinned} but aws_account is {want}: the rule could never match")
-    })
+    (want != &pinned)
+        .then(|| format!("aws_arn {pattern:?} can never match: it names account {pinned} but aws_account is {want}"))
 }
 
 impl RuleMatcher {
@@ -688,10 +688,10 @@ mod tests {
     }
 
     #[test]
-    fn loader_refuses_pattern_that_cannot_match_a_session() {
-        let e = Rule::new(None, Some("arn:aws:sts::123456789012:assumed-role/my-super-test-role")).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::TokenInvalid);
-        assert!(e.detail().contains("cannot match any principal ARN"), "{e}");
+    fn a_pattern_that_cannot_match_a_session_is_a_lint_not_an_error() {
+        let r = Rule::new(None, Some("arn:aws:sts::123456789012:assumed-role/my-super-test-role")).unwrap();
+        assert!(r.lint().is_some_and(|l| l.contains("can never match")), "{:?}", r.lint());
+        assert_eq!(Rule::new(None, Some("arn:aws:sts::123456789012:assumed-role/r/*")).unwrap().lint(), None);
     }
 
     #[test]
@@ -745,28 +745,49 @@ mod tests {
     }
 
     #[test]
-    fn pattern_problems() {
-        let bad = [
-            ("", None),
-            ("*", None),
+    fn pattern_lints() {
+        let never = [
             ("aws:iam::123456789012:user/x", None),
             ("arn:aws:iam::123456789012:user/x y", None),
+            ("arn:aws:iam::123456789012:user/\u{e9}", None),
+            ("arx*", None),
             ("arn:aws-mars:iam::*", None),
             ("arn:aws:s3:::bucket/*", None),
             ("arn:aws:iam:us-east-1:*", None),
             ("arn:aws:iam::1234:user/*", None),
             ("arn:aws:iam::123456789012:role", None),
+            ("arn:aws:sts::123456789012:assumed-role/my-super-test-role", None),
             ("arn:aws:iam::123456789012:user/*", Some("111111111111")),
             ("arn:aws:iam::123456789012:user/x", Some("111111111111")),
         ];
-        for (p, acct) in bad {
+        for (p, acct) in never {
             let acct = acct.and_then(AccountId::parse);
-            assert!(arn_pattern_problem(p, acct.as_ref()).is_some(), "{p:?} should be refused");
+            let lint = arn_pattern_lint(p, acct.as_ref());
+            assert!(lint.as_deref().is_some_and(|l| l.contains("can never match")), "{p:?}: {lint:?}");
         }
-        let good = ["arn:*", "arn:aws:iam::*", "arn:aws:sts::123456789012:assumed-role/r/*", "arn:a?s:iam::1:x"];
-        for p in good {
-            assert_eq!(arn_pattern_problem(p, None), None, "{p:?} should be accepted");
+        let fine = [
+            "*",
+            "?*",
+            "a*",
+            "arn:*",
+            "arn:aws:iam::*",
+            "arn:aws:sts::123456789012:assumed-role/r/*",
+            "arn:a?s:iam::1:x",
+        ];
+        for p in fine {
+            assert_eq!(arn_pattern_lint(p, None), None, "{p:?} can match");
         }
+    }
+
+    #[test]
+    fn star_matches_every_arn_of_the_account() {
+        let m = RuleMatcher::compile(vec![rule(Some("123456789012"), Some("*"))]).unwrap();
+        for arn in [USER, "arn:aws:sts::123456789012:assumed-role/r/s", "arn:aws:iam::123456789012:root"] {
+            let arn = Arn::parse(arn).unwrap();
+            assert_eq!(m.first_match(arn.account(), &arn), Some(0), "{arn}");
+        }
+        let other = Arn::parse("arn:aws:iam::210987654321:user/x").unwrap();
+        assert_eq!(m.first_match(other.account(), &other), None);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 
 use crate::arn::AccountId;
-use crate::error::{Error, ErrorKind, Problem};
-use crate::rules::{RuleMatcher, arn_pattern_problem};
+use crate::error::{Error, ErrorKind, Problem, Severity};
+use crate::rules::{RuleMatcher, arn_pattern_lint};
 
 /// The largest token file accepted. A thousand tokens with a few rules each take about 300 KiB;
 /// 8 MiB leaves room for very large fleets while bounding what a bad file can cost.
@@ -143,14 +143,20 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Builds a rule from its parts, validating them as the YAML loader does.
+    /// Builds a rule from its parts, with the loader's errors: an account that is not 12
+    /// digits, a pattern longer than [`MAX_ARN_PATTERN_LEN`], or neither field set (an empty
+    /// `aws_arn` counts as unset, as in Teleport). A pattern that can never match is accepted,
+    /// as Teleport accepts it; [`Rule::lint`] says why it never matches.
     ///
     /// ```
     /// use iam_join::Rule;
     /// let rule = Rule::new(Some("111111111111"), Some("arn:aws:sts::111111111111:assumed-role/r/*")).unwrap();
     /// assert_eq!(rule.aws_account().unwrap().as_str(), "111111111111");
+    /// assert_eq!(rule.lint(), None);
     /// assert!(Rule::new(None, None).is_err());
     /// assert!(Rule::new(Some("1111"), None).is_err());
+    /// let forgot_star = Rule::new(None, Some("arn:aws:sts::111111111111:assumed-role/r")).unwrap();
+    /// assert!(forgot_star.lint().unwrap().contains("can never match"));
     /// ```
     pub fn new(aws_account: Option<&str>, aws_arn: Option<&str>) -> Result<Self, Error> {
         let mut problems = Vec::new();
@@ -161,8 +167,9 @@ impl Rule {
             }
             parsed
         });
-        if let Some(p) = aws_arn.and_then(|p| arn_pattern_problem(p, account.as_ref())) {
-            problems.push(p);
+        let aws_arn = aws_arn.filter(|p| !p.is_empty());
+        if aws_arn.is_some_and(|p| p.len() > MAX_ARN_PATTERN_LEN) {
+            problems.push(format!("aws_arn is longer than {MAX_ARN_PATTERN_LEN} bytes"));
         }
         if aws_account.is_none() && aws_arn.is_none() {
             problems.push("a rule needs aws_account, aws_arn or aws_organization_id".to_owned());
@@ -177,6 +184,12 @@ impl Rule {
         } else {
             Err(Error::new(ErrorKind::TokenInvalid, problems.join("; ")))
         }
+    }
+
+    /// Why this rule can never match any identity STS reports, or `None` when it can. The
+    /// loader reports the same text as a warning.
+    pub fn lint(&self) -> Option<String> {
+        self.aws_arn.as_deref().and_then(|p| arn_pattern_lint(p, self.aws_account.as_ref()))
     }
 
     /// A rule with only the account check (12 digits) and none of the pattern checks
@@ -269,18 +282,40 @@ impl Token {
     }
 }
 
+/// Why a token named in the file is not in the usable iam set.
+#[derive(Clone, Debug)]
+enum Unusable {
+    /// A token of another join method (`token`, `ec2`, `kubernetes`, ...): not ours to verify.
+    OtherJoinMethod(String),
+    /// The token has at least one error; the first one, for the refusal message.
+    Invalid(String),
+}
+
 /// All tokens loaded from one or more YAML documents, by name. Immutable and cheap to share.
+///
+/// A file may mix join methods, as `tctl get tokens` prints it: only `join_method: iam` tokens
+/// become [`Token`]s; the others are noted as [`Severity::Info`] and refused by name with a
+/// message naming their join method. A token with an error is left out on its own: every other
+/// token of the file still loads ([`TokenSet::load`]). Warnings (rules that can never match, as
+/// Teleport accepts them) never leave a token out.
 #[derive(Debug, Clone, Default)]
 pub struct TokenSet {
     tokens: Arc<HashMap<String, Arc<Token>>>,
     order: Arc<Vec<String>>,
+    unusable: Arc<HashMap<String, Unusable>>,
+    /// Documents whose name could not be read at all.
+    unnamed_failures: usize,
+    diagnostics: Arc<Vec<Problem>>,
 }
 
 impl TokenSet {
-    /// Parses and validates every token in a YAML stream.
+    /// Parses and validates every token in a YAML stream, and fails when any problem is an
+    /// error, even in a token the caller will never ask for. Use [`TokenSet::load`] to keep the
+    /// valid tokens of a file that also holds broken ones.
     ///
-    /// On failure the error has kind `token_invalid` and [`Error::problems`] lists each problem
-    /// with its line and column.
+    /// On failure the error has kind `token_invalid` and [`Error::problems`] lists every
+    /// diagnostic with its line and column. On success, warnings and information are in
+    /// [`TokenSet::diagnostics`].
     ///
     /// ```
     /// let set = iam_join::TokenSet::from_yaml(r#"
@@ -298,68 +333,127 @@ impl TokenSet {
     /// assert_eq!(token.rules()[0].aws_account().unwrap().as_str(), "012345678901");
     /// ```
     pub fn from_yaml(src: &str) -> Result<Self, Error> {
-        if src.len() > MAX_TOKEN_FILE_BYTES {
-            return Err(invalid(vec![Problem {
-                line: 0,
-                column: 0,
-                message: format!("token file is larger than {MAX_TOKEN_FILE_BYTES} bytes"),
-            }]));
-        }
-        let options = serde_saphyr::options! {
-            budget: serde_saphyr::budget! { max_documents: MAX_TOKENS_PER_FILE },
-        };
-        let docs: Vec<RawToken> = serde_saphyr::from_multiple_with_options(src, options).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            invalid(vec![Problem { line, column, message: yaml_message(&e) }])
-        })?;
-        let mut problems = Vec::new();
-        let mut tokens = HashMap::with_capacity(docs.len());
-        let mut order = Vec::with_capacity(docs.len());
-        if docs.is_empty() {
-            problems.push(Problem { line: 0, column: 0, message: "the file holds no token".to_owned() });
-        }
-        for doc in docs {
-            let name_at = at(&doc.metadata.value.name);
-            if let Some(token) = doc.validate(&mut problems) {
-                if tokens.contains_key(&token.name) {
-                    problems.push(problem(name_at, format!("duplicate token name {:?}", token.name)));
-                    continue;
-                }
-                order.push(token.name.clone());
-                tokens.insert(token.name.clone(), Arc::new(token));
-            }
-        }
-        if !problems.is_empty() {
-            return Err(invalid(problems));
-        }
-        Ok(Self { tokens: Arc::new(tokens), order: Arc::new(order) })
+        let set = Self::load(src);
+        if set.has_errors() { Err(invalid(set.diagnostics.to_vec())) } else { Ok(set) }
     }
 
-    /// The token with this name.
+    /// Parses every token in a YAML stream and keeps each valid iam token, whatever is wrong with
+    /// the others. Never fails: file-level problems (too large, no token, a YAML syntax error)
+    /// and token-level ones are all in [`TokenSet::diagnostics`], with line and column.
+    ///
+    /// ```
+    /// use iam_join::{ErrorKind, Severity, TokenSet};
+    /// let set = TokenSet::load(r#"
+    /// kind: token
+    /// version: v2
+    /// metadata: {name: good}
+    /// spec: {roles: [Node], join_method: iam, allow: [{aws_account: "111111111111"}]}
+    /// ---
+    /// kind: token
+    /// version: v2
+    /// metadata: {name: broken}
+    /// spec: {roles: [Node], join_method: iam, allow: [{aws_acount: "111111111111"}]}
+    /// ---
+    /// kind: token
+    /// version: v2
+    /// metadata: {name: static}
+    /// spec: {roles: [Node], join_method: token}
+    /// "#);
+    /// assert!(set.get("good").is_some());
+    /// assert!(set.has_errors());
+    /// assert_eq!(set.lookup("broken").unwrap_err().kind(), ErrorKind::TokenInvalid);
+    /// assert!(set.lookup("static").unwrap_err().detail().contains("join_method \"token\""));
+    /// let first = &set.diagnostics()[0];
+    /// assert_eq!((first.line, first.severity), (10, Severity::Error));
+    /// ```
+    pub fn load(src: &str) -> Self {
+        Loader::default().run(src)
+    }
+
+    /// The same set with `file` named in every diagnostic, so they print as
+    /// `FILE:LINE:COL: SEVERITY: MESSAGE`.
+    pub fn with_file_name(mut self, file: &str) -> Self {
+        let file: Arc<str> = Arc::from(file);
+        let diagnostics = self.diagnostics.iter().cloned().map(|mut p| {
+            p.file = Some(file.clone());
+            p
+        });
+        self.diagnostics = Arc::new(diagnostics.collect());
+        self
+    }
+
+    /// Every diagnostic of the file, in file order: errors, warnings and information.
+    pub fn diagnostics(&self) -> &[Problem] {
+        &self.diagnostics
+    }
+
+    /// Whether any diagnostic is an error (some token, or the whole file, was left out).
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|p| p.severity == Severity::Error)
+    }
+
+    /// Whether any diagnostic is a warning.
+    pub fn has_warnings(&self) -> bool {
+        self.diagnostics.iter().any(|p| p.severity == Severity::Warning)
+    }
+
+    /// The usable iam token with this name.
     pub fn get(&self, name: &str) -> Option<&Arc<Token>> {
         self.tokens.get(name)
     }
 
-    /// The tokens in file order.
+    /// The usable iam token with this name, or a `token_invalid` error that says why not: no
+    /// such token, a token of another join method (named), or a token with errors (the first
+    /// one). The name is shown truncated to 128 characters.
+    pub fn lookup(&self, name: &str) -> Result<&Arc<Token>, Error> {
+        if let Some(t) = self.tokens.get(name) {
+            return Ok(t);
+        }
+        let shown = printable_name(name);
+        let detail = match self.unusable.get(name) {
+            Some(Unusable::OtherJoinMethod(m)) => {
+                format!("token {shown} uses join_method {m:?}, not \"iam\"")
+            }
+            Some(Unusable::Invalid(first)) => format!("token {shown} is invalid: {first}"),
+            None if self.unnamed_failures > 0 => format!(
+                "no iam token named {shown} ({} document(s) of the token file could not be read)",
+                self.unnamed_failures
+            ),
+            None => format!("no iam token named {shown}"),
+        };
+        Err(Error::new(ErrorKind::TokenInvalid, detail))
+    }
+
+    /// The usable tokens in file order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Token>> {
         self.order.iter().filter_map(|n| self.tokens.get(n))
     }
 
-    /// How many tokens the set holds.
+    /// How many usable iam tokens the set holds.
     pub fn len(&self) -> usize {
         self.order.len()
     }
 
-    /// Whether the set holds no token.
+    /// Whether the set holds no usable iam token.
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
 }
 
+fn printable_name(name: &str) -> String {
+    let mut s: String = name.chars().take(128).collect();
+    if s.len() < name.len() {
+        s.push_str("...");
+    }
+    format!("{s:?}")
+}
+
 fn invalid(problems: Vec<Problem>) -> Error {
-    let detail = match problems.as_slice() {
+    let errors: Vec<&Problem> = problems.iter().filter(|p| p.severity == Severity::Error).collect();
+    let detail = match errors.as_slice() {
+        [] => "invalid token file".to_owned(),
         [one] => format!("invalid token file: {one}"),
-        many => format!("invalid token file: {} problems, first {}", many.len(), many[0]),
+        many => format!("invalid token file: {} errors, first {}", many.len(), many[0]),
     };
     Error::new(ErrorKind::TokenInvalid, detail).with_problems(problems)
 }
@@ -379,8 +473,211 @@ fn at<T>(s: &Spanned<T>) -> Loc {
     (s.referenced.line(), s.referenced.column())
 }
 
-fn problem(loc: Loc, message: String) -> Problem {
-    Problem { line: loc.0, column: loc.1, message }
+/// Splits a YAML stream into pieces that each hold whole documents, with the 0-based line each
+/// piece starts at. A piece starts at a line beginning with the document marker `---` (followed
+/// by white space or the end of the line). YAML 1.2 forbids such a line inside any document's
+/// content (section 9.1.1, `c-forbidden`), so a cut never splits a node. Lines before a marker
+/// that hold no content (comments, directives, blank lines) stay with the document they precede.
+fn pieces(src: &str) -> Vec<(u64, &str)> {
+    let mut out = Vec::new();
+    let (mut start, mut start_line, mut has_content) = (0usize, 0u64, false);
+    let mut offset = 0usize;
+    for (n, line) in src.split_inclusive('\n').enumerate() {
+        let n = n as u64;
+        let marker = line.strip_prefix("---").filter(|r| r.is_empty() || r.starts_with([' ', '\t', '\r', '\n']));
+        if let Some(rest) = marker {
+            if has_content {
+                out.push((start_line, &src[start..offset]));
+                (start, start_line) = (offset, n);
+            }
+            let rest = rest.trim();
+            has_content = !rest.is_empty() && !rest.starts_with('#');
+        } else {
+            let t = line.trim();
+            if !(t.is_empty() || t.starts_with('#') || line.starts_with('%') || t == "...") {
+                has_content = true;
+            }
+        }
+        offset += line.len();
+    }
+    if start < src.len() {
+        out.push((start_line, &src[start..]));
+    }
+    out
+}
+
+/// Collects diagnostics while a file loads.
+#[derive(Default)]
+struct Loader {
+    problems: Vec<Problem>,
+    tokens: HashMap<String, Arc<Token>>,
+    order: Vec<String>,
+    unusable: HashMap<String, Unusable>,
+    /// Where each name was first seen, for duplicates.
+    seen: HashMap<String, Loc>,
+    unnamed_failures: usize,
+    documents: usize,
+}
+
+/// What a token document turned out to be.
+enum Outcome {
+    Iam(Box<Token>),
+    Other(String),
+    Invalid,
+}
+
+impl Loader {
+    fn run(mut self, src: &str) -> TokenSet {
+        if src.len() > MAX_TOKEN_FILE_BYTES {
+            self.file_error(format!("token file is larger than {MAX_TOKEN_FILE_BYTES} bytes"));
+        } else {
+            for (line_offset, piece) in pieces(src) {
+                if !self.piece(line_offset, piece) {
+                    break;
+                }
+            }
+            if self.documents == 0 && self.problems.is_empty() {
+                self.file_error("the file holds no token".to_owned());
+            }
+        }
+        TokenSet {
+            tokens: Arc::new(self.tokens),
+            order: Arc::new(self.order),
+            unusable: Arc::new(self.unusable),
+            unnamed_failures: self.unnamed_failures,
+            diagnostics: Arc::new(self.problems),
+        }
+    }
+
+    fn file_error(&mut self, message: String) {
+        self.problems.push(Problem::new(Severity::Error, 0, 0, message));
+    }
+
+    /// Loads the documents of one piece; `false` when the file must stop here.
+    fn piece(&mut self, line_offset: u64, piece: &str) -> bool {
+        // Tags: tctl never writes one, and an unknown tag is otherwise dropped silently.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! { max_documents: MAX_TOKENS_PER_FILE },
+            reject_unsupported_tags: true,
+        };
+        let docs: Vec<RawToken> = match serde_saphyr::from_multiple_with_options(piece, options) {
+            Ok(docs) => docs,
+            Err(e) => {
+                let (line, column) = e.location().map_or((0, 0), |l| (l.line() + line_offset, l.column()));
+                let name = name_of(piece);
+                let mut p = Problem::new(Severity::Error, line, column, yaml_message(&e));
+                p.token.clone_from(&name);
+                let first = p.to_string();
+                self.problems.push(p);
+                match name {
+                    Some(n) => self.reject(n, (line, column), first),
+                    None => self.unnamed_failures += 1,
+                }
+                return true;
+            }
+        };
+        for doc in docs {
+            self.documents += 1;
+            if self.documents > MAX_TOKENS_PER_FILE {
+                self.file_error(format!("the file holds more than {MAX_TOKENS_PER_FILE} tokens; the rest is not read"));
+                return false;
+            }
+            let name = doc.metadata.value.name.value.clone();
+            let (line, column) = at(&doc.metadata.value.name);
+            let name_at = (line + line_offset, column);
+            let before = self.problems.len();
+            let outcome = doc.validate(&mut Diags { out: &mut self.problems, line_offset, token: &name, errors: 0 });
+            let first_error =
+                self.problems[before..].iter().find(|p| p.severity == Severity::Error).map(|p| p.to_string());
+            if let Some(&(l, c)) = self.seen.get(&name) {
+                let mut p = Problem::new(
+                    Severity::Error,
+                    name_at.0,
+                    name_at.1,
+                    format!("duplicate token name {:?} (first at {l}:{c}); neither is used", name),
+                );
+                p.token = Some(name.clone());
+                let first = p.to_string();
+                self.problems.push(p);
+                self.reject(name, name_at, first);
+                continue;
+            }
+            self.seen.insert(name.clone(), name_at);
+            match outcome {
+                Outcome::Iam(token) => {
+                    self.order.push(name.clone());
+                    self.tokens.insert(name, Arc::from(token));
+                }
+                Outcome::Other(method) => {
+                    self.unusable.insert(name, Unusable::OtherJoinMethod(method));
+                }
+                Outcome::Invalid => {
+                    let first = first_error.unwrap_or_else(|| "invalid".to_owned());
+                    self.unusable.insert(name, Unusable::Invalid(first));
+                }
+            }
+        }
+        true
+    }
+
+    /// Takes `name` out of the usable set (a duplicate, or a document that failed to parse).
+    fn reject(&mut self, name: String, at: Loc, first: String) {
+        if self.tokens.remove(&name).is_some() {
+            self.order.retain(|n| n != &name);
+        }
+        self.seen.entry(name.clone()).or_insert(at);
+        self.unusable.insert(name, Unusable::Invalid(first));
+    }
+}
+
+/// The `metadata.name` of a document that failed to load, read leniently (unknown keys ignored),
+/// so that a refusal can still name the token. `None` when even that fails.
+fn name_of(piece: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Doc {
+        metadata: Meta,
+    }
+    #[derive(Deserialize)]
+    struct Meta {
+        name: String,
+    }
+    let docs: Vec<Doc> = serde_saphyr::from_multiple(piece).ok()?;
+    match docs.as_slice() {
+        [one] => Some(one.metadata.name.clone()),
+        _ => None,
+    }
+}
+
+/// Diagnostics for one token document, with its lines shifted to the file's.
+struct Diags<'a> {
+    out: &'a mut Vec<Problem>,
+    line_offset: u64,
+    token: &'a str,
+    errors: usize,
+}
+
+impl Diags<'_> {
+    fn push(&mut self, severity: Severity, loc: Loc, message: String) {
+        let line = if loc.0 == 0 { 0 } else { loc.0 + self.line_offset };
+        let mut p = Problem::new(severity, line, loc.1, message);
+        p.token = Some(self.token.to_owned());
+        if severity == Severity::Error {
+            self.errors += 1;
+        }
+        self.out.push(p);
+    }
+
+    fn error(&mut self, loc: Loc, message: String) {
+        self.push(Severity::Error, loc, message);
+    }
+
+    fn warn(&mut self, loc: Loc, message: String) {
+        self.push(Severity::Warning, loc, message);
+    }
+
+    fn info(&mut self, loc: Loc, message: String) {
+        self.push(Severity::Info, loc, message);
+    }
 }
 
 // ---- the YAML shape ---------------------------------------------------------------------------
@@ -434,6 +731,63 @@ struct RawSpec {
     _suggested_agent_matcher_labels: Option<IgnoredAny>,
     #[serde(default, rename = "aws_iid_ttl")]
     _aws_iid_ttl: Option<IgnoredAny>,
+    #[serde(default, rename = "integration")]
+    _integration: Option<IgnoredAny>,
+    /// The sections of Teleport's other join methods, by key. An iam token that carries one gets
+    /// a warning: Teleport ignores it for iam, and so does this library.
+    #[serde(default)]
+    kubernetes: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    github: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    circleci: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    gcp: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    gitlab: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    azure: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    azure_devops: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    spacelift: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    tpm: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    terraform_cloud: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    bitbucket: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    oracle: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    bound_keypair: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    env0: Option<Spanned<IgnoredAny>>,
+}
+
+impl RawSpec {
+    /// The other join methods' sections present, by key.
+    fn other_sections(&self) -> Vec<(&'static str, Loc)> {
+        [
+            ("kubernetes", &self.kubernetes),
+            ("github", &self.github),
+            ("circleci", &self.circleci),
+            ("gcp", &self.gcp),
+            ("gitlab", &self.gitlab),
+            ("azure", &self.azure),
+            ("azure_devops", &self.azure_devops),
+            ("spacelift", &self.spacelift),
+            ("tpm", &self.tpm),
+            ("terraform_cloud", &self.terraform_cloud),
+            ("bitbucket", &self.bitbucket),
+            ("oracle", &self.oracle),
+            ("bound_keypair", &self.bound_keypair),
+            ("env0", &self.env0),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k, at(v))))
+        .collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -466,52 +820,56 @@ struct RawOus {
 // ---- validation ---------------------------------------------------------------------------------
 
 impl RawToken {
-    fn validate(self, problems: &mut Vec<Problem>) -> Option<Token> {
-        let before = problems.len();
-        let mut push = |loc: Loc, msg: String| problems.push(problem(loc, msg));
+    fn validate(self, d: &mut Diags<'_>) -> Outcome {
         if self.kind.value != "token" {
-            push(at(&self.kind), format!("kind is {:?}, expected \"token\"", self.kind.value));
+            d.error(at(&self.kind), format!("kind is {:?}, expected \"token\"", self.kind.value));
         }
         if self.version.value != "v2" {
-            push(at(&self.version), format!("version is {:?}, expected \"v2\"", self.version.value));
+            d.error(at(&self.version), format!("version is {:?}, expected \"v2\"", self.version.value));
         }
         let meta = self.metadata.value;
         let name = meta.name.value.clone();
         if name.trim().is_empty() {
-            push(at(&meta.name), "metadata.name is empty".to_owned());
+            d.error(at(&meta.name), "metadata.name is empty".to_owned());
         }
         let expires = meta.expires.as_ref().and_then(|e| match parse_rfc3339(&e.value) {
             Some(t) => Some(t),
             None => {
-                push(at(e), format!("metadata.expires {:?} is not an RFC 3339 time", e.value));
+                d.error(at(e), format!("metadata.expires {:?} is not an RFC 3339 time", e.value));
                 None
             }
         });
         let spec_at = at(&self.spec);
         let spec = self.spec.value;
 
-        match &spec.join_method {
-            None => push(spec_at, "spec.join_method is missing; expected \"iam\"".to_owned()),
-            Some(m) if m.value != "iam" => {
-                push(at(m), format!("join_method is {:?}; this token must use join_method \"iam\"", m.value))
+        // Teleport's default join method is `token`; only iam tokens are this library's.
+        let method = spec.join_method.as_ref().map_or("token", |m| m.value.as_str()).to_owned();
+        if method != "iam" {
+            if d.errors > 0 {
+                return Outcome::Invalid;
             }
-            Some(_) => {}
+            let loc = spec.join_method.as_ref().map_or(spec_at, at);
+            d.info(loc, format!("token {name:?} uses join_method {method:?}; not an iam token, skipped"));
+            return Outcome::Other(method);
+        }
+        for (key, loc) in spec.other_sections() {
+            d.warn(loc, format!("spec.{key} belongs to join_method {key:?} and is ignored for join_method \"iam\""));
         }
 
         let mut roles = Vec::new();
         match &spec.roles {
-            None => push(spec_at, "spec.roles is missing; a token must grant at least one role".to_owned()),
+            None => d.error(spec_at, "spec.roles is missing; a token must grant at least one role".to_owned()),
             Some(r) if r.value.is_empty() => {
-                push(at(r), "spec.roles is empty; a token must grant at least one role".to_owned())
+                d.error(at(r), "spec.roles is empty; a token must grant at least one role".to_owned())
             }
             Some(r) => {
                 for role in &r.value {
                     match Role::from_name(&role.value) {
                         Some(parsed) if roles.contains(&parsed) => {
-                            push(at(role), format!("duplicate role {:?}", role.value))
+                            d.error(at(role), format!("duplicate role {:?}", role.value))
                         }
                         Some(parsed) => roles.push(parsed),
-                        None => push(
+                        None => d.error(
                             at(role),
                             format!(
                                 "role {:?} is not a role a provision token can grant (one of {})",
@@ -525,69 +883,81 @@ impl RawToken {
         }
         let bot_name = spec.bot_name.as_ref().map(|b| b.value.clone()).filter(|b| !b.is_empty());
         if roles.contains(&Role::Bot) && bot_name.is_none() {
-            push(spec_at, "the Bot role requires spec.bot_name".to_owned());
+            d.error(spec_at, "the Bot role requires spec.bot_name".to_owned());
         }
 
         let mut rules = Vec::new();
         match spec.allow {
-            None => push(spec_at, "spec.allow is missing; an iam token needs at least one allow rule".to_owned()),
+            None => d.error(spec_at, "spec.allow is missing; an iam token needs at least one allow rule".to_owned()),
             Some(a) if a.value.is_empty() => {
-                push(at(&a), "spec.allow is empty; an iam token needs at least one allow rule".to_owned())
+                d.error(at(&a), "spec.allow is empty; an iam token needs at least one allow rule".to_owned())
             }
             Some(a) if a.value.len() > MAX_RULES_PER_TOKEN => {
-                push(at(&a), format!("spec.allow has more than {MAX_RULES_PER_TOKEN} rules"))
+                d.error(at(&a), format!("spec.allow has more than {MAX_RULES_PER_TOKEN} rules"))
             }
             Some(a) => {
                 for raw in a.value {
                     let rule_at = at(&raw);
-                    if let Some(rule) = raw.value.validate(rule_at, &mut push) {
+                    if let Some(rule) = raw.value.validate(rule_at, d) {
                         rules.push(rule);
                     }
                 }
             }
         }
-        if problems.len() != before {
-            return None;
+        if d.errors > 0 {
+            return Outcome::Invalid;
         }
         match RuleMatcher::compile(rules) {
-            Ok(matcher) => Some(Token { name, roles, bot_name, expires, matcher }),
+            Ok(matcher) => Outcome::Iam(Box::new(Token { name, roles, bot_name, expires, matcher })),
             Err(e) => {
-                problems.push(problem(spec_at, e.detail().to_owned()));
-                None
+                d.error(spec_at, e.detail().to_owned());
+                Outcome::Invalid
             }
         }
     }
 }
 
 impl RawRule {
-    fn validate(self, rule_at: Loc, push: &mut impl FnMut(Loc, String)) -> Option<Rule> {
-        let mut ok = true;
-        let mut bad = |loc: Loc, msg: String| {
-            ok = false;
-            push(loc, msg);
-        };
+    fn validate(self, rule_at: Loc, d: &mut Diags<'_>) -> Option<Rule> {
+        let errors_before = d.errors;
         if let Some(r) = &self.aws_role {
-            bad(at(r), "aws_role belongs to join_method ec2 rules and is not checked by iam; remove it".to_owned());
+            d.error(at(r), "aws_role belongs to join_method ec2 rules and is not checked by iam; remove it".to_owned());
         }
         if let Some(r) = &self.aws_regions {
-            bad(at(r), "aws_regions belongs to join_method ec2 rules and is not checked by iam; remove it".to_owned());
+            d.error(
+                at(r),
+                "aws_regions belongs to join_method ec2 rules and is not checked by iam; remove it".to_owned(),
+            );
         }
         let account = self.aws_account.as_ref().and_then(|a| {
             let parsed = AccountId::parse(&a.value);
             if parsed.is_none() {
-                bad(at(a), format!("aws_account {:?} is not a 12-digit AWS account id", a.value));
+                d.error(at(a), format!("aws_account {:?} is not a 12-digit AWS account id", a.value));
             }
             parsed
         });
-        if let Some(p) = &self.aws_arn
-            && let Some(msg) = arn_pattern_problem(&p.value, account.as_ref())
-        {
-            bad(at(p), msg);
-        }
+        // Teleport treats an empty aws_arn as unset.
+        let aws_arn = match self.aws_arn {
+            Some(p) if p.value.is_empty() => {
+                d.warn(at(&p), "aws_arn is empty, which Teleport treats as unset; remove it".to_owned());
+                None
+            }
+            Some(p) if p.value.len() > MAX_ARN_PATTERN_LEN => {
+                d.error(at(&p), format!("aws_arn is longer than {MAX_ARN_PATTERN_LEN} bytes"));
+                None
+            }
+            Some(p) => {
+                if let Some(why) = arn_pattern_lint(&p.value, account.as_ref()) {
+                    d.warn(at(&p), why);
+                }
+                Some(p.value)
+            }
+            None => None,
+        };
         if let Some(o) = &self.aws_organization_id
             && !is_org_id(&o.value)
         {
-            bad(
+            d.error(
                 at(o),
                 format!(
                     "aws_organization_id {:?} is not an organization id (o- and 10 to 32 lowercase letters or digits)",
@@ -598,11 +968,11 @@ impl RawRule {
         let ous = self.aws_organizational_units.and_then(|ous| {
             let ous_at = at(&ous);
             if self.aws_organization_id.is_none() {
-                bad(ous_at, "aws_organizational_units needs aws_organization_id in the same rule".to_owned());
+                d.error(ous_at, "aws_organizational_units needs aws_organization_id in the same rule".to_owned());
             }
             let include = match ous.value.include {
                 None => {
-                    bad(
+                    d.error(
                         ous_at,
                         "aws_organizational_units.include is missing; use [\"*\"] for the whole organization"
                             .to_owned(),
@@ -610,7 +980,7 @@ impl RawRule {
                     None
                 }
                 Some(inc) if inc.value.is_empty() => {
-                    bad(
+                    d.error(
                         at(&inc),
                         "aws_organizational_units.include is empty; use [\"*\"] for the whole organization".to_owned(),
                     );
@@ -619,7 +989,7 @@ impl RawRule {
                 Some(inc) => {
                     let star = inc.value.iter().any(|v| v.value == "*");
                     if star && inc.value.len() > 1 {
-                        bad(at(&inc), "\"*\" in include stands alone: it already means every OU".to_owned());
+                        d.error(at(&inc), "\"*\" in include stands alone: it already means every OU".to_owned());
                         None
                     } else if star {
                         Some(OuInclude::All)
@@ -629,7 +999,7 @@ impl RawRule {
                             if is_ou_or_root_id(&v.value) {
                                 ids.push(v.value);
                             } else {
-                                bad(at(&v), format!("{:?} is not an OU id (ou-...) or root id (r-...)", v.value));
+                                d.error(at(&v), format!("{:?} is not an OU id (ou-...) or root id (r-...)", v.value));
                             }
                         }
                         Some(OuInclude::Any(ids))
@@ -639,21 +1009,21 @@ impl RawRule {
             let mut exclude = Vec::new();
             for v in ous.value.exclude.unwrap_or_default() {
                 if v.value == "*" {
-                    bad(at(&v), "\"*\" cannot be excluded: the rule would match nothing".to_owned());
+                    d.error(at(&v), "\"*\" cannot be excluded: the rule would match nothing".to_owned());
                 } else if is_ou_or_root_id(&v.value) {
                     exclude.push(v.value);
                 } else {
-                    bad(at(&v), format!("{:?} is not an OU id (ou-...) or root id (r-...)", v.value));
+                    d.error(at(&v), format!("{:?} is not an OU id (ou-...) or root id (r-...)", v.value));
                 }
             }
             include.map(|include| OrganizationalUnits { include, exclude })
         });
-        if self.aws_account.is_none() && self.aws_arn.is_none() && self.aws_organization_id.is_none() {
-            bad(rule_at, "a rule needs aws_account, aws_arn or aws_organization_id".to_owned());
+        if self.aws_account.is_none() && aws_arn.is_none() && self.aws_organization_id.is_none() {
+            d.error(rule_at, "a rule needs aws_account, aws_arn or aws_organization_id".to_owned());
         }
-        ok.then(|| Rule {
+        (d.errors == errors_before).then(|| Rule {
             aws_account: account,
-            aws_arn: self.aws_arn.map(|a| a.value),
+            aws_arn,
             aws_organization_id: self.aws_organization_id.map(|o| o.value),
             aws_organizational_units: ous,
         })

@@ -181,9 +181,7 @@ impl Verifier {
         raw_request: &[u8],
         now: SystemTime,
     ) -> Result<Prepared, Error> {
-        let token = self.inner.tokens.get(token_name).ok_or_else(|| {
-            token_invalid(format!("no iam token named {:?}", token_name.chars().take(128).collect::<String>()))
-        })?;
+        let token = self.inner.tokens.lookup(token_name)?;
         if token.is_expired(now) {
             return Err(token_invalid(format!("token {token_name:?} has expired")));
         }

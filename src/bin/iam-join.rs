@@ -11,7 +11,7 @@ use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
 use iam_join::organizations::{Membership, OrganizationsClient};
 use iam_join::{
     AccountId, Arn, EndpointOverride, EndpointPolicy, Error, ErrorKind, FipsMode, Partition, RequestPolicy,
-    ReqwestTransport, TokenSet, Verifier,
+    ReqwestTransport, Severity, TokenSet, Verifier,
 };
 use serde_json::{Value, json};
 
@@ -24,13 +24,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate token files; prints FILE:LINE:COL: message per problem.
+    /// Validate token files: every token of every join method, with lints.
     ///
     /// Example: iam-join check-token tokens.yaml
+    ///
+    /// Prints every diagnostic as FILE:LINE:COL: SEVERITY: MESSAGE. Exits 2 when any token (or
+    /// file) has an error, 1 with --deny-warnings when there are warnings, 0 otherwise:
+    /// information (tokens of other join methods, skipped) never fails the check.
     CheckToken {
         /// Token YAML files (one or many tokens each).
         #[arg(required = true)]
         files: Vec<String>,
+        /// Exit 1 when there are warnings (rules that can never match, ignored sections).
+        #[arg(long)]
+        deny_warnings: bool,
     },
     /// Explain, rule by rule, why an identity would or would not be allowed.
     ///
@@ -144,7 +151,7 @@ impl<E: std::fmt::Display> From<E> for Usage {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::CheckToken { files } => check_token(&files),
+        Command::CheckToken { files, deny_warnings } => check_token(&files, deny_warnings),
         Command::Match { token, account, arn, organization_id, ous, json } => {
             let membership =
                 organization_id.map(|organization_id| Membership::Member { organization_id, ancestors: ous });
@@ -168,41 +175,79 @@ fn main() -> ExitCode {
     })
 }
 
-fn load_tokens(path: &str) -> Result<TokenSet, Usage> {
+/// Loads a token file for `match` and `verify`: the named token must be valid; problems in the
+/// file's other tokens are printed to stderr and do not stop the command.
+fn load_tokens(path: &str, name: Option<&str>) -> Result<(TokenSet, String), Usage> {
     let text = std::fs::read_to_string(path).map_err(|e| Usage(format!("{path}: {e}")))?;
-    TokenSet::from_yaml(&text)
-        .map_err(|e| Usage(e.problems().iter().map(|p| format!("{path}:{p}")).collect::<Vec<_>>().join("\n")))
-}
-
-fn pick_token(set: &TokenSet, name: Option<&str>) -> Result<String, Usage> {
-    match name {
-        Some(n) if set.get(n).is_some() => Ok(n.to_owned()),
-        Some(n) => Err(Usage(format!("no token named {n:?} in the file"))),
-        None if set.len() == 1 => Ok(set.iter().next().map(|t| t.name().to_owned()).unwrap_or_default()),
-        None => Err(Usage(format!("the file holds {} tokens; pick one with --name", set.len()))),
+    let set = TokenSet::load(&text).with_file_name(path);
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None if set.len() == 1 && !set.has_errors() => {
+            set.iter().next().map(|t| t.name().to_owned()).unwrap_or_default()
+        }
+        None if set.has_errors() && set.is_empty() => return Err(Usage(problem_lines(&set))),
+        None => return Err(Usage(format!("the file holds {} iam tokens; pick one with --name", set.len()))),
+    };
+    // A token of another join method is the verifier's to refuse (token_invalid, naming it).
+    let own = |severity: Severity| {
+        set.diagnostics().iter().any(|p| p.token.as_deref() == Some(&*name) && p.severity == severity)
+    };
+    if own(Severity::Info) && !own(Severity::Error) {
+        return Ok((set, name));
+    }
+    match set.lookup(&name) {
+        Ok(_) => {
+            let others: Vec<String> = set
+                .diagnostics()
+                .iter()
+                .filter(|p| p.severity != Severity::Info && p.token.as_deref() != Some(name.as_str()))
+                .map(ToString::to_string)
+                .collect();
+            if !others.is_empty() {
+                eprintln!("iam-join: other tokens in {path} have problems (token {name:?} is fine):");
+                others.iter().for_each(|p| eprintln!("{p}"));
+            }
+            for p in set.diagnostics().iter().filter(|p| p.token.as_deref() == Some(name.as_str())) {
+                eprintln!("{p}");
+            }
+            Ok((set, name))
+        }
+        Err(e) => {
+            let own = set.diagnostics().iter().filter(|p| p.token.as_deref() == Some(name.as_str()));
+            let lines: Vec<String> = own.map(ToString::to_string).collect();
+            Err(Usage(if lines.is_empty() { format!("{path}: {}", e.detail()) } else { lines.join("\n") }))
+        }
     }
 }
 
-fn check_token(files: &[String]) -> Result<ExitCode, Usage> {
-    let mut failed = false;
+fn problem_lines(set: &TokenSet) -> String {
+    set.diagnostics().iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+fn check_token(files: &[String], deny_warnings: bool) -> Result<ExitCode, Usage> {
+    let (mut errors, mut warnings) = (false, false);
     for path in files {
         match std::fs::read_to_string(path) {
             Err(e) => {
-                println!("{path}:0:0: {e}");
-                failed = true;
+                println!("{path}:0:0: error: {e}");
+                errors = true;
             }
-            Ok(text) => match TokenSet::from_yaml(&text) {
-                Ok(set) => eprintln!("{path}: ok, {} token(s)", set.len()),
-                Err(e) => {
-                    failed = true;
-                    for p in e.problems() {
-                        println!("{path}:{p}");
-                    }
-                }
-            },
+            Ok(text) => {
+                let set = TokenSet::load(&text).with_file_name(path);
+                set.diagnostics().iter().for_each(|p| println!("{p}"));
+                errors |= set.has_errors();
+                warnings |= set.has_warnings();
+                eprintln!("{path}: {} usable iam token(s)", set.len());
+            }
         }
     }
-    Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if errors {
+        ExitCode::from(2)
+    } else if warnings && deny_warnings {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn match_cmd(
@@ -212,9 +257,8 @@ fn match_cmd(
     membership: Option<&Membership>,
     json: bool,
 ) -> Result<ExitCode, Usage> {
-    let set = load_tokens(&token.file)?;
-    let name = pick_token(&set, token.name.as_deref())?;
-    let t = set.get(&name).ok_or_else(|| Usage("token vanished".into()))?;
+    let (set, name) = load_tokens(&token.file, token.name.as_deref())?;
+    let t = set.lookup(&name).map_err(|e| Usage(e.detail().to_owned()))?;
     let account = AccountId::parse(account).ok_or_else(|| Usage(format!("--account {account:?} is not 12 digits")))?;
     let arn = Arn::parse(arn).map_err(|e| Usage(format!("--arn: {e}")))?;
     let explanation = t.matcher().explain_with(&account, &arn, membership);
@@ -245,8 +289,7 @@ fn match_cmd(
 }
 
 fn verify(a: &VerifyArgs) -> Result<ExitCode, Usage> {
-    let set = load_tokens(&a.token.file)?;
-    let name = pick_token(&set, a.token.name.as_deref())?;
+    let (set, name) = load_tokens(&a.token.file, a.token.name.as_deref())?;
     let mut raw = Vec::new();
     if a.request == "-" {
         std::io::stdin().read_to_end(&mut raw)?;

@@ -70,7 +70,115 @@ fn check_token_ok_and_problems() {
     let out = run(&["check-token", good.to_str().unwrap(), bad.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(2));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.starts_with(&format!("{}:10:5: unknown field `aws_acount`", bad.display())), "{stdout}");
+    assert!(stdout.starts_with(&format!("{}:10:5: error: unknown field `aws_acount`", bad.display())), "{stdout}");
+}
+
+/// A `tctl get tokens` stream: one static, one ec2, one iam token (and more).
+const MIXED: &str = "tokens/valid/tctl_get_tokens_mixed.yaml";
+
+/// The iam token of MIXED, with the emulator's user account.
+fn mixed_with_user_account() -> String {
+    std::fs::read_to_string(vectors(MIXED)).unwrap().replace("\"222222222222\"", "\"111111111111\"")
+}
+
+#[test]
+fn check_token_reports_other_join_methods_as_information() {
+    let out = run(&["check-token", vectors(MIXED).to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for (line, name, method) in [
+        (7, "4f6b5e1a4c3d2e1f0a9b8c7d6e5f4a3b", "token"),
+        (26, "ec2-token", "ec2"),
+        (54, "kube-token", "kubernetes"),
+        (67, "github-bot", "github"),
+    ] {
+        let want = format!(":{line}:16: info: token {name:?} uses join_method {method:?}; not an iam token, skipped");
+        assert!(stdout.lines().any(|l| l.ends_with(&want)), "{want} in {stdout}");
+    }
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 usable iam token(s)"));
+    // --deny-warnings does not deny information.
+    let out = run(&["check-token", "--deny-warnings", vectors(MIXED).to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// One valid token and one whose only rule can never match (a forgotten `/*`).
+const WITH_DEAD_RULE: &str = r#"kind: token
+version: v2
+metadata:
+  name: good
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_account: "111111111111"
+---
+kind: token
+version: v2
+metadata:
+  name: dead
+spec:
+  roles: [Node]
+  join_method: iam
+  allow:
+  - aws_arn: "arn:aws:sts::111111111111:assumed-role/teleport-kube-agent"
+"#;
+
+#[test]
+fn check_token_warns_with_line_and_column_and_denies_warnings_on_request() {
+    let file = tempfile_path::write("dead.yaml", WITH_DEAD_RULE.as_bytes());
+    let out = run(&["check-token", file.s()], None);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let want = format!(
+        "{}:19:14: warning: aws_arn \"arn:aws:sts::111111111111:assumed-role/teleport-kube-agent\" can never match a principal ARN",
+        file.s()
+    );
+    assert!(stdout.starts_with(&want), "{stdout}");
+    let out = run(&["check-token", "--deny-warnings", file.s()], None);
+    assert_eq!(out.status.code(), Some(1));
+    // Positive control: without the dead rule, --deny-warnings passes.
+    let clean = tempfile_path::write("clean.yaml", WITH_DEAD_RULE.split("---").next().unwrap().as_bytes());
+    let out = run(&["check-token", "--deny-warnings", clean.s()], None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_uses_a_valid_token_whatever_the_others_hold() {
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let c = iam_join::challenge::generate().unwrap();
+    let req = || sign_join_request(&user(), &JoinRequest::new(&c), SystemTime::now()).unwrap();
+
+    // The tctl stream: static, ec2 and iam tokens side by side; the iam one allows its join.
+    let mixed = tempfile_path::write("mixed.yaml", mixed_with_user_account().as_bytes());
+    let (code, v) = verify(&args(mixed.s(), "integration-token", &c, &sts.url()), req()).await;
+    assert_eq!((code, &v["allowed"]), (Some(0), &Value::Bool(true)), "{v}");
+    // Asking for the ec2 token by name fails clearly, naming its join method.
+    let (code, v) = verify(&args(mixed.s(), "ec2-token", &c, &sts.url()), req()).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(v["error"]["kind"], "token_invalid");
+    assert!(v["error"]["message"].as_str().unwrap().contains("join_method \"ec2\""), "{v}");
+
+    // A dead rule in another token is a warning; the good token verifies.
+    let dead = tempfile_path::write("dead-verify.yaml", WITH_DEAD_RULE.as_bytes());
+    let (code, v) = verify(&args(dead.s(), "good", &c, &sts.url()), req()).await;
+    assert_eq!(code, Some(0), "{v}");
+
+    // An error in another token: the good token still verifies, the broken one is refused.
+    let broken = WITH_DEAD_RULE.replace("aws_arn:", "aws_arnn:");
+    let broken = tempfile_path::write("broken.yaml", broken.as_bytes());
+    let (code, v) = verify(&args(broken.s(), "good", &c, &sts.url()), req()).await;
+    assert_eq!(code, Some(0), "{v}");
+    let out = run(&["check-token", broken.s()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let out = tokio::task::spawn_blocking({
+        let (b, c) = (broken.s().to_owned(), c.clone());
+        move || run(&["verify", "--token", &b, "--name", "dead", "--challenge", &c, "--request", "-"], Some(b""))
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an invalid token named by --name is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("19:5: error: unknown field `aws_arnn`"), "{out:?}");
 }
 
 #[test]
