@@ -24,7 +24,9 @@ i=0
 for arn in \
   "arn:aws:sts::123456789012:assumed-role/my-super-test-role/my-session-name" \
   "arn:aws:iam::123456789012:user/admins-123" \
-  "arn:aws:iam::123456789012:role/a:b/x"; do
+  "arn:aws:iam::123456789012:role/a:b/x" \
+  "arn:aws:sts::123456789012:assumed-role/r/.." \
+  "arn:aws:iam::123456789012:user/./../a."; do
   i=$((i + 1))
   {
     echo "$arn"
@@ -33,6 +35,10 @@ for arn in \
     echo "|arn:aws:iam::123456789012:user/admins-???"
     echo "|arn:aws:iam::*:b/x"
     echo "111111111111|arn:aws:iam::*:user/*"
+    # Dot-heavy globs: globset's extension shortcut once disagreed with Teleport on `..`.
+    echo "|arn:aws:sts::123456789012:assumed-role/r/*."
+    echo "|arn:aws:iam::*:user/*/?."
+    echo "123456789012|*"
   } > "corpus/match_rules/seed-$i"
 done
 mkdir -p corpus/parse_organizations

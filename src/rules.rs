@@ -260,12 +260,26 @@ impl Group {
 /// Turns a Teleport ARN pattern into a globset glob with the same meaning: `[ ] { } \` are
 /// escaped so they stay literal, and runs of `*` collapse into one (globset gives `**` a
 /// path-segment meaning that Teleport's `.*` does not have; `.*.*` and `.*` are equal).
+///
+/// One more rewrite keeps globset's path shortcuts from deciding: a glob whose literal tail
+/// (after its last wildcard) holds a `.` with no `/` after it would get the `Extension` or
+/// `RequiredExtension` strategy, which compares the candidate's file extension, and globset
+/// finds no file name, so no extension, in a last segment of exactly `..`. So `*.` would not
+/// match `r/..`, where Teleport's `.*\.` does. Writing that `.` as the class `[.]` (the same
+/// single character) turns both shortcuts off. Globs with a literal head and a trailing `*`
+/// (`Prefix`), literal globs and `*literal` globs without such a dot keep their shortcuts, which
+/// compare bytes and agree with Teleport. No glob here can start with `**/`, so the basename
+/// strategies never apply.
 fn to_glob(pattern: &str) -> String {
+    let tail_start = pattern.rfind(['*', '?']).map_or(0, |i| i + 1);
+    let tail = &pattern[tail_start..];
+    let dot = tail.rfind('.').filter(|&d| !tail[d..].contains('/')).map(|d| tail_start + d);
     let mut out = String::with_capacity(pattern.len() + 8);
     let mut prev_star = false;
-    for c in pattern.chars() {
+    for (i, c) in pattern.char_indices() {
         match c {
             '*' if prev_star => continue,
+            '.' if Some(i) == dot && tail_start > 0 => out.push_str("[.]"),
             '[' | ']' | '{' | '}' | '\\' => {
                 out.push('\\');
                 out.push(c);
@@ -624,10 +638,10 @@ impl fmt::Display for Explanation {
 mod tests {
     use super::*;
 
-    /// Builds a rule without load-time validation, so matching semantics can be tested even for
-    /// patterns the loader refuses (e.g. one that can never match a principal ARN).
+    /// Builds a rule; patterns that can never match are accepted (as lints), so matching
+    /// semantics can be tested on every pattern.
     fn rule(account: Option<&str>, arn: Option<&str>) -> Rule {
-        Rule::new_unchecked(account, arn).unwrap()
+        Rule::new(account, arn).unwrap()
     }
 
     fn first(rules: Vec<Rule>, arn: &str) -> Option<usize> {
@@ -692,6 +706,35 @@ mod tests {
         let r = Rule::new(None, Some("arn:aws:sts::123456789012:assumed-role/my-super-test-role")).unwrap();
         assert!(r.lint().is_some_and(|l| l.contains("can never match")), "{:?}", r.lint());
         assert_eq!(Rule::new(None, Some("arn:aws:sts::123456789012:assumed-role/r/*")).unwrap().lint(), None);
+    }
+
+    /// globset's extension shortcut finds no extension in a last segment of `..`, so before the
+    /// `[.]` rewrite these patterns missed session names Teleport's regex matches.
+    #[test]
+    fn dot_only_session_names_match_like_teleport_regex() {
+        let cases = [
+            ("arn:aws:sts::123456789012:assumed-role/r/*.", "arn:aws:sts::123456789012:assumed-role/r/..", true),
+            ("arn:aws:sts::123456789012:assumed-role/r/?.", "arn:aws:sts::123456789012:assumed-role/r/..", true),
+            ("arn:aws:sts::123456789012:assumed-role/*.", "arn:aws:sts::123456789012:assumed-role/r/..", true),
+            ("arn:aws:sts::*:assumed-role/r/*.", "arn:aws:sts::123456789012:assumed-role/r/..", true),
+            ("arn:aws:sts::12345678901?:assumed-role/r/*.", "arn:aws:sts::123456789012:assumed-role/r/..", true),
+            ("arn:aws:sts::123456789012:assumed-role/r/*..", "arn:aws:sts::123456789012:assumed-role/r/..", true),
+            ("arn:aws:sts::123456789012:assumed-role/r/*.x", "arn:aws:sts::123456789012:assumed-role/r/..", false),
+            ("arn:aws:sts::123456789012:assumed-role/r/*.", "arn:aws:sts::123456789012:assumed-role/r/.a", false),
+        ];
+        for (pattern, arn, want) in cases {
+            assert_eq!(first(vec![rule(None, Some(pattern))], arn).is_some(), want, "{pattern} vs {arn}");
+        }
+    }
+
+    #[test]
+    fn to_glob_turns_off_only_the_extension_shortcuts() {
+        assert_eq!(to_glob("a/*.x"), "a/*[.]x");
+        assert_eq!(to_glob("*."), "*[.]");
+        assert_eq!(to_glob("a.b*"), "a.b*", "prefix globs keep their shortcut");
+        assert_eq!(to_glob("*a.b/c"), "*a.b/c", "a dot before a / is no extension");
+        assert_eq!(to_glob("a.b"), "a.b", "literal globs keep their shortcut");
+        assert_eq!(to_glob("**[x]{y}\\"), "*\\[x\\]\\{y\\}\\\\");
     }
 
     #[test]

@@ -192,23 +192,6 @@ impl Rule {
         self.aws_arn.as_deref().and_then(|p| arn_pattern_lint(p, self.aws_account.as_ref()))
     }
 
-    /// A rule with only the account check (12 digits) and none of the pattern checks
-    /// [`Rule::new`] makes. For tests, fuzzing and benchmarks of the matcher over patterns the
-    /// loader would refuse; never for rules an operator wrote.
-    #[doc(hidden)]
-    pub fn new_unchecked(aws_account: Option<&str>, aws_arn: Option<&str>) -> Option<Self> {
-        let aws_account = match aws_account {
-            Some(a) => Some(AccountId::parse(a)?),
-            None => None,
-        };
-        Some(Self {
-            aws_account,
-            aws_arn: aws_arn.map(str::to_owned),
-            aws_organization_id: None,
-            aws_organizational_units: None,
-        })
-    }
-
     /// The account the identity must be in, if the rule names one.
     pub fn aws_account(&self) -> Option<&AccountId> {
         self.aws_account.as_ref()

@@ -21,11 +21,11 @@ fuzz_target!(|data: &[u8]| {
         }
         let acct = (!account.is_empty()).then_some(account);
         let pat = (!pattern.is_empty()).then_some(pattern);
-        let Some(rule) = iam_join::Rule::new_unchecked(acct, pat) else { continue };
+        let Ok(rule) = iam_join::Rule::new(acct, pat) else { continue };
         rules.push(rule);
         plain.push((account.to_owned(), pattern.to_owned()));
     }
-    let matcher = iam_join::RuleMatcher::compile(rules).expect("unchecked rules compile");
+    let matcher = iam_join::RuleMatcher::compile(rules).expect("rules compile");
     let want = reference::first_match_compiling(&plain, arn.account().as_str(), arn.as_str());
     assert_eq!(matcher.first_match(arn.account(), &arn), want, "rules {plain:?} arn {arn}");
     assert_eq!(matcher.explain(arn.account(), &arn).matched, want);
