@@ -20,6 +20,10 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 64;
 /// The one body a GetCallerIdentity request may carry, byte for byte.
 pub const GET_CALLER_IDENTITY_BODY: &[u8] = b"Action=GetCallerIdentity&Version=2011-06-15";
+/// The hex SHA-256 of [`GET_CALLER_IDENTITY_BODY`]: the only `x-amz-content-sha256` a request
+/// may carry. Any other value (`STREAMING-…`, `UNSIGNED-PAYLOAD`) declares a payload that is not
+/// the fixed body. A test recomputes it.
+const BODY_SHA256_HEX: &str = "ab821ae955788b0e33ebd34c208442ccfc2d406e2edc5e7a39bd6458fbb4f843";
 /// The largest clock skew allowed between `X-Amz-Date` and `now`, and the default. STS itself
 /// refuses signatures older than 15 minutes; a wider window would only widen replays.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
@@ -303,6 +307,16 @@ impl StsRequest {
         if !is_form_content_type(content_type) {
             return Err(malformed("Content-Type is not application/x-www-form-urlencoded"));
         }
+        // The payload is the fixed body, sent whole: no streaming or chunked signing, no encoding.
+        if count("x-amz-content-sha256") > 0 && one("x-amz-content-sha256", "X-Amz-Content-Sha256")? != BODY_SHA256_HEX
+        {
+            return Err(malformed(
+                "X-Amz-Content-Sha256 is not the SHA-256 of the GetCallerIdentity body (streaming, chunked or unsigned payloads are refused)",
+            ));
+        }
+        if auth.signed_headers.contains(&"content-encoding") {
+            return Err(malformed("Content-Encoding is signed; the body must be sent as is"));
+        }
 
         // Freshness and scope: the date signed into the scope must be the date of X-Amz-Date.
         let signed_at = sigv4::parse_amz_date(amz_date)?;
@@ -462,5 +476,18 @@ impl fmt::Debug for StsRequest {
             .field("headers", &Lens(self))
             .field("accept_json", &self.accept_json)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_sha256_is_the_hash_of_the_body() {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(GET_CALLER_IDENTITY_BODY);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, BODY_SHA256_HEX);
     }
 }

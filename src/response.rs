@@ -12,7 +12,7 @@ use std::fmt;
 use quick_xml::events::Event;
 use serde::Deserialize;
 
-use crate::arn::{AccountId, Arn};
+use crate::arn::{AccountId, Arn, Principal};
 use crate::error::{Error, ErrorKind, StsErrorInfo, printable};
 
 /// The largest STS response body read. A real GetCallerIdentity answer is under 1 KiB; error
@@ -61,8 +61,40 @@ impl CallerIdentity {
         {
             return Err(invalid("UserId is empty, too long or not printable ASCII".to_owned()));
         }
+        if let Some(want) = user_id_mismatch(&arn, user_id) {
+            return Err(invalid(format!("UserId {} does not have the shape STS gives {want}", printable(user_id))));
+        }
         Ok(Self { account, arn, user_id: user_id.to_owned() })
     }
+}
+
+/// An IAM unique id: a four-letter prefix, then upper-case letters and digits (`AIDA…`, `AROA…`).
+fn is_unique_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix)
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+}
+
+/// The shape STS documents for `UserId` per principal type (GetCallerIdentity, "UserId"): `AIDA…`
+/// for IAM users, `AROA…:SESSION` for assumed roles, the account id for the root user, and
+/// `ACCOUNT:NAME` for federated users. STS never reports a role ARN (it reports the assumed
+/// role). Returns what was expected when `user_id` does not fit.
+fn user_id_mismatch(arn: &Arn, user_id: &str) -> Option<&'static str> {
+    let account = arn.account().as_str();
+    let fits = match arn.principal() {
+        Principal::User { .. } => is_unique_id(user_id, "AIDA"),
+        Principal::AssumedRole { session_name, .. } => {
+            user_id.split_once(':').is_some_and(|(id, session)| is_unique_id(id, "AROA") && session == session_name)
+        }
+        Principal::Root => user_id == account,
+        Principal::FederatedUser { name } => user_id.split_once(':').is_some_and(|(a, n)| a == account && n == name),
+        Principal::Role { .. } => return Some("no role ARN: a role is reported as assumed-role"),
+    };
+    (!fits).then(|| match arn.principal() {
+        Principal::User { .. } => "an IAM user (AIDA followed by upper-case letters and digits)",
+        Principal::AssumedRole { .. } => "an assumed role (AROA..., a colon, and the ARN's session name)",
+        Principal::Root => "the root user (the account id)",
+        _ => "a federated user (the account id, a colon, and the ARN's user name)",
+    })
 }
 
 impl fmt::Debug for CallerIdentity {
@@ -208,7 +240,16 @@ fn parse_xml(text: &str, lenient: bool) -> Result<Node, Error> {
         let event = reader.read_event().map_err(|e| invalid(format!("STS answer is not well-formed XML: {e}")))?;
         let was_first = std::mem::replace(&mut first, false);
         match event {
-            Event::Decl(_) if was_first => {}
+            Event::Decl(d) if was_first => {
+                // The text was read as UTF-8; a declaration naming anything else means the
+                // bytes are not what the answer says they are.
+                if let Some(enc) = d.encoding() {
+                    let enc = enc.map_err(|e| invalid(format!("bad XML declaration: {e}")))?;
+                    if !enc.eq_ignore_ascii_case("utf-8") {
+                        return Err(invalid(format!("STS answer declares encoding {}, not UTF-8", printable(&enc))));
+                    }
+                }
+            }
             Event::Decl(_) => return Err(invalid("XML declaration not at the start")),
             Event::DocType(_) => return Err(invalid("STS answer has a DOCTYPE")),
             Event::PI(_) => return Err(invalid("STS answer has a processing instruction")),
@@ -314,7 +355,16 @@ fn xml_identity(text: &str) -> Result<StsAnswer, Error> {
         let event = reader.read_event().map_err(|e| invalid(format!("STS answer is not well-formed XML: {e}")))?;
         let was_first = std::mem::replace(&mut first, false);
         match event {
-            Event::Decl(_) if was_first => {}
+            Event::Decl(d) if was_first => {
+                // The text was read as UTF-8; a declaration naming anything else means the
+                // bytes are not what the answer says they are.
+                if let Some(enc) = d.encoding() {
+                    let enc = enc.map_err(|e| invalid(format!("bad XML declaration: {e}")))?;
+                    if !enc.eq_ignore_ascii_case("utf-8") {
+                        return Err(invalid(format!("STS answer declares encoding {}, not UTF-8", printable(&enc))));
+                    }
+                }
+            }
             Event::Start(e) => {
                 if done {
                     return Err(invalid("STS answer has content after its root element"));

@@ -325,9 +325,20 @@ pub(crate) fn arn_pattern_lint(pattern: &str, account: Option<&AccountId>) -> Op
             _ => return never("it must start with \"arn:\"".to_owned()),
         }
     }
+    // STS reports a role session as `arn:P:sts::A:assumed-role/ROLE/SESSION`, never the role.
+    let literal = &pattern[..pattern.find(['*', '?']).unwrap_or(pattern.len())];
+    let names_a_role = matches!(literal.splitn(6, ':').collect::<Vec<_>>()[..],
+        [_, _, "iam", _, _, resource] if resource.starts_with("role/"));
+    let role = || {
+        never(
+            "STS reports a role as arn:PARTITION:sts::ACCOUNT:assumed-role/ROLE/SESSION, never as an IAM role ARN"
+                .to_owned(),
+        )
+    };
     if !pattern.contains(['*', '?']) {
         return match Arn::parse(pattern) {
             Err(e) => never(e.to_string()),
+            Ok(_) if names_a_role => role(),
             Ok(_) => account_conflict(pattern, account),
         };
     }
@@ -343,6 +354,9 @@ pub(crate) fn arn_pattern_lint(pattern: &str, account: Option<&AccountId>) -> Op
     }
     if let Some(a) = fields.get(4).filter(|a| AccountId::parse(a).is_none()) {
         return never(format!("account {a:?} is not 12 digits"));
+    }
+    if names_a_role {
+        return role();
     }
     account_conflict(pattern, account)
 }
@@ -800,6 +814,8 @@ mod tests {
             ("arn:aws:iam::1234:user/*", None),
             ("arn:aws:iam::123456789012:role", None),
             ("arn:aws:sts::123456789012:assumed-role/my-super-test-role", None),
+            ("arn:aws:iam::123456789012:role/deploy", None),
+            ("arn:aws:iam::123456789012:role/deploy-?", None),
             ("arn:aws:iam::123456789012:user/*", Some("111111111111")),
             ("arn:aws:iam::123456789012:user/x", Some("111111111111")),
         ];

@@ -113,6 +113,25 @@ impl fmt::Debug for Verifier {
     }
 }
 
+/// STS's answer, parsed strictly, from the partition of the endpoint that gave it: an identity of
+/// another partition (an `aws-us-gov` ARN from `sts.amazonaws.com`) is no answer STS gives.
+fn read_answer(prepared: &Prepared, status: u16, content_type: Option<&str>, body: &[u8]) -> Result<StsAnswer, Error> {
+    let answer = parse_sts_response(status, content_type, body)?;
+    let (got, endpoint) = (answer.identity.arn().partition(), prepared.request.endpoint());
+    if got != endpoint.partition() {
+        return Err(Error::new(
+            ErrorKind::StsResponseInvalid,
+            format!(
+                "the identity is in partition {} but {} serves partition {}",
+                got.as_str(),
+                endpoint.host(),
+                endpoint.partition().as_str()
+            ),
+        ));
+    }
+    Ok(answer)
+}
+
 fn token_invalid(detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::TokenInvalid, detail)
 }
@@ -205,7 +224,7 @@ impl Verifier {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<Verdict, Error> {
-        let answer = parse_sts_response(status, content_type, body)?;
+        let answer = read_answer(prepared, status, content_type, body)?;
         if !organization_candidates(prepared, &answer).is_empty() {
             return Err(Error::new(
                 ErrorKind::LookupFailed,
@@ -324,7 +343,7 @@ impl Verifier {
                 .transport
                 .send(&prepared.request)
                 .await
-                .and_then(|r| parse_sts_response(r.status, r.content_type.as_deref(), &r.body));
+                .and_then(|r| read_answer(prepared, r.status, r.content_type.as_deref(), &r.body));
             let err = match result {
                 Err(e) if e.kind() == ErrorKind::StsUnavailable => e,
                 other => return other,

@@ -272,14 +272,15 @@ async fn token_names_and_expiry_are_checked_before_sending() {
     let raw = teleport_request();
     let mut report = Report::default();
     let long = "t".repeat(100_000);
-    for (name, token) in [
-        ("unknown_token", "no-such-token"),
-        ("expired_token", "expired-token"),
-        ("token_name_with_control_chars", "iam-token\r\nX-Evil: 1"),
-        ("token_name_oversized", long.as_str()),
-        ("token_name_empty", ""),
+    for (name, token, because) in [
+        ("unknown_token", "no-such-token", "no iam token named \"no-such-token\""),
+        ("expired_token", "expired-token", "token \"expired-token\" has expired"),
+        ("token_name_with_control_chars", "iam-token\r\nX-Evil: 1", "no iam token named \"iam-token\\r\\nX-Evil: 1\""),
+        ("token_name_oversized", long.as_str(), "...\""),
+        ("token_name_empty", "", "no iam token named \"\""),
     ] {
-        let result = expect_refusal(&sts, &v, token, raw.as_bytes(), ErrorKind::TokenInvalid, Where::Local).await;
+        let result =
+            expect_refusal(&sts, &v, token, raw.as_bytes(), (ErrorKind::TokenInvalid, because), Where::Local).await;
         report.record(name, "provision token lookup", result);
     }
     report.finish(5);

@@ -19,7 +19,8 @@ use Want::*;
 /// (file, status, content type, expected, expected STS error code for refusals)
 const CASES: &[(&str, u16, &str, Want)] = &[
     ("ok_user.xml", 200, XML, Arn("arn:aws:iam::123456789012:user/alice")),
-    ("ok_role.xml", 200, "text/xml;charset=UTF-8", Arn("arn:aws:iam::123456789012:role/service-role/deploy")),
+    // A role ARN: GetCallerIdentity reports a role session as assumed-role, never the role.
+    ("bad_role_arn.xml", 200, "text/xml;charset=UTF-8", Kind(ErrorKind::StsResponseInvalid, "")),
     (
         "ok_assumed_role.xml",
         200,
