@@ -68,30 +68,40 @@ impl CallerIdentity {
     }
 }
 
-/// An IAM unique id: a four-letter prefix, then upper-case letters and digits (`AIDA…`, `AROA…`).
-fn is_unique_id(id: &str, prefix: &str) -> bool {
-    id.strip_prefix(prefix)
-        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+/// The prefixes AWS gives unique ids by entity type ("IAM identifiers", unique identifiers).
+const UNIQUE_ID_PREFIXES: [&str; 12] =
+    ["ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "AKIA", "ANPA", "ANVA", "APKA", "AROA", "ASCA", "ASIA"];
+
+/// An IAM unique id as the IAM API documents `UserId` and `RoleId`: 16 to 128 word characters.
+fn is_unique_id(id: &str) -> bool {
+    (16..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// The shape STS documents for `UserId` per principal type (GetCallerIdentity, "UserId"): `AIDA…`
-/// for IAM users, `AROA…:SESSION` for assumed roles, the account id for the root user, and
-/// `ACCOUNT:NAME` for federated users. STS never reports a role ARN (it reports the assumed
-/// role). Returns what was expected when `user_id` does not fit.
+/// A unique id of the entity type that `prefix` marks: AWS's own ids start with it. An id that
+/// starts with another type's prefix (a role's `AROA`, an access key's `AKIA`) is refused; an id
+/// with no such prefix is accepted, as emulators issue them (moto: 20 lower-case characters).
+fn is_unique_id_of(id: &str, prefix: &str) -> bool {
+    is_unique_id(id) && UNIQUE_ID_PREFIXES.iter().all(|p| *p == prefix || !id.starts_with(p))
+}
+
+/// The shape STS documents for `UserId` per principal type (GetCallerIdentity, "UserId"): the
+/// user's unique id (`AIDA…`) for IAM users, `AROA…:SESSION` for assumed roles, the account id
+/// for the root user, and `ACCOUNT:NAME` for federated users. STS never reports a role ARN (it
+/// reports the assumed role). Returns what was expected when `user_id` does not fit.
 fn user_id_mismatch(arn: &Arn, user_id: &str) -> Option<&'static str> {
     let account = arn.account().as_str();
     let fits = match arn.principal() {
-        Principal::User { .. } => is_unique_id(user_id, "AIDA"),
-        Principal::AssumedRole { session_name, .. } => {
-            user_id.split_once(':').is_some_and(|(id, session)| is_unique_id(id, "AROA") && session == session_name)
-        }
+        Principal::User { .. } => is_unique_id_of(user_id, "AIDA"),
+        Principal::AssumedRole { session_name, .. } => user_id
+            .split_once(':')
+            .is_some_and(|(id, session)| is_unique_id(id) && id.starts_with("AROA") && session == session_name),
         Principal::Root => user_id == account,
         Principal::FederatedUser { name } => user_id.split_once(':').is_some_and(|(a, n)| a == account && n == name),
         Principal::Role { .. } => return Some("no role ARN: a role is reported as assumed-role"),
     };
     (!fits).then(|| match arn.principal() {
-        Principal::User { .. } => "an IAM user (AIDA followed by upper-case letters and digits)",
-        Principal::AssumedRole { .. } => "an assumed role (AROA..., a colon, and the ARN's session name)",
+        Principal::User { .. } => "an IAM user (a unique id of 16 to 128 letters and digits, AIDA... from AWS)",
+        Principal::AssumedRole { .. } => "an assumed role (the role's AROA... id, a colon, and the ARN's session name)",
         Principal::Root => "the root user (the account id)",
         _ => "a federated user (the account id, a colon, and the ARN's user name)",
     })

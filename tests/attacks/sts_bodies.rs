@@ -38,6 +38,8 @@ fn with_user_id(account: &str, arn: &str, user_id: &str) -> Answer {
 pub(crate) const USER_ID_CONTROLS: &[(&str, &str)] = &[
     ("arn:aws:iam::135791357913:user/ci", "AIDAEXAMPLEUSERID0001"),
     ("arn:aws:iam::135791357913:user/path/to/ci", "AIDA4EXAMPLE2USERID"),
+    // moto issues IAM users lower-case ids without AWS's prefix.
+    ("arn:aws:iam::135791357913:user/moto-user", "ihy4yye316c631k3edvm"),
     ("arn:aws:sts::135791357913:assumed-role/node/i-1", "AROAEXAMPLEROLEID0001:i-1"),
     ("arn:aws:iam::135791357913:root", "135791357913"),
     ("arn:aws:sts::135791357913:federated-user/bob", "135791357913:bob"),
@@ -85,9 +87,10 @@ cases! {
     xml_undeclared_entity [RECORDED]: || Answer::xml(200, recorded("bad_undeclared_entity.xml")) => StsResponseInvalid, "STS answer references an undeclared entity";
     xml_deep_nesting_in_success [RECORDED]: || Answer::xml(200, recorded("bad_deep_nesting.xml")) => StsResponseInvalid, "unexpected or repeated element \"a\"";
     // A 200 answer cannot nest past its three-level schema, so the depth limit guards the reader
-    // of error bodies: a real error whose sibling nests 10,000 deep is read for no error code.
+    // of error bodies: a real error whose sibling nests 1,000 deep (7 KB, under the size cap) is
+    // read for no error code.
     // Without the limit, its code (SignatureDoesNotMatch) would be read.
-    xml_deep_nesting [XML]: || Answer::xml(403, format!("<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code><Message>m</Message></Error>{}{}<RequestId>r</RequestId></ErrorResponse>", "<a>".repeat(10_000), "</a>".repeat(10_000))) => SignatureRejected, "STS refused the credentials or signature: no error code (HTTP 403)";
+    xml_deep_nesting [XML]: || Answer::xml(403, format!("<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code><Message>m</Message></Error>{}{}<RequestId>r</RequestId></ErrorResponse>", "<a>".repeat(1_000), "</a>".repeat(1_000))) => SignatureRejected, "STS refused the credentials or signature: no error code (HTTP 403)";
     xml_cdata_identity [RECORDED]: || Answer::xml(200, recorded("bad_cdata.xml")) => StsResponseInvalid, "STS answer has a CDATA section";
     xml_comment_splitting_arn [RECORDED]: || Answer::xml(200, recorded("bad_comment.xml")) => StsResponseInvalid, "STS answer has a comment";
     xml_processing_instruction [RECORDED]: || Answer::xml(200, recorded("bad_processing_instruction.xml")) => StsResponseInvalid, "STS answer has a processing instruction";
@@ -127,8 +130,11 @@ cases! {
     // UserId shapes, per principal type (GetCallerIdentity's documented UserId).
     user_id_role_id_for_a_user [STRICT]: || with_user_id("135791357913", "arn:aws:iam::135791357913:user/ci", "AROAEXAMPLEROLEID0001") => StsResponseInvalid, "does not have the shape STS gives an IAM user";
     user_id_access_key_for_a_user [STRICT]: || with_user_id("135791357913", "arn:aws:iam::135791357913:user/ci", "AKIAIOSFODNN7EXAMPLE") => StsResponseInvalid, "does not have the shape STS gives an IAM user";
-    user_id_lowercase_unique_id [STRICT]: || with_user_id("135791357913", "arn:aws:iam::135791357913:user/ci", "AIDAexample") => StsResponseInvalid, "does not have the shape STS gives an IAM user";
+    user_id_too_short [STRICT]: || with_user_id("135791357913", "arn:aws:iam::135791357913:user/ci", "AIDAEXAMPLE") => StsResponseInvalid, "does not have the shape STS gives an IAM user";
     user_id_prefix_only [STRICT]: || with_user_id("135791357913", "arn:aws:iam::135791357913:user/ci", "AIDA") => StsResponseInvalid, "does not have the shape STS gives an IAM user";
+    user_id_with_a_colon_for_a_user [STRICT]: || with_user_id("135791357913", "arn:aws:iam::135791357913:user/ci", "AIDAEXAMPLEUSERID0001:ci") => StsResponseInvalid, "does not have the shape STS gives an IAM user";
+    user_id_temporary_key_for_a_user [STRICT]: || with_user_id("135791357913", "arn:aws:iam::135791357913:user/ci", "ASIAIOSFODNN7EXAMPLE") => StsResponseInvalid, "does not have the shape STS gives an IAM user";
+    user_id_short_role_id_for_a_session [STRICT]: || with_user_id("123456789012", crate::IDENTITY_ARN, "AROA1:i-0123456789abcdef0") => StsResponseInvalid, "does not have the shape STS gives an assumed role";
     user_id_user_id_for_a_session [STRICT]: || with_user_id("123456789012", crate::IDENTITY_ARN, "AIDAEXAMPLEUSERID0001:i-0123456789abcdef0") => StsResponseInvalid, "does not have the shape STS gives an assumed role";
     user_id_session_without_session [STRICT]: || with_user_id("123456789012", crate::IDENTITY_ARN, "AROAEXAMPLEROLEID0001") => StsResponseInvalid, "does not have the shape STS gives an assumed role";
     user_id_session_name_differs [STRICT]: || with_user_id("123456789012", crate::IDENTITY_ARN, "AROAEXAMPLEROLEID0001:i-other") => StsResponseInvalid, "does not have the shape STS gives an assumed role";

@@ -224,7 +224,7 @@ async fn sans_io_prepare_and_conclude() {
     // The recorded identity is in account 123456789012, which this token does not allow.
     let e = v.conclude(&prepared, 200, Some("text/xml"), &body).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotAllowed);
-    let body = br#"{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Account":"333333333333","Arn":"arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-1","UserId":"AROAX:i-1"}}}"#;
+    let body = br#"{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Account":"333333333333","Arn":"arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-1","UserId":"AROAEXAMPLEROLEID0001:i-1"}}}"#;
     let verdict = v.conclude(&prepared, 200, Some("application/json"), body).unwrap();
     assert_eq!(verdict.matched_rule(), 1);
 }

@@ -55,7 +55,7 @@ fn principals() -> Vec<EmulatedPrincipal> {
             secret_access_key: "allowed-secret".into(),
             session_token: Some("soak-session-token".into()),
             arn: ALLOWED_ARN.into(),
-            user_id: "AROASOAKROLE:i-0123456789abcdef0".into(),
+            user_id: "AROASOAKROLE000000001:i-0123456789abcdef0".into(),
         },
         EmulatedPrincipal {
             access_key_id: "AKIASOAKSTRANGER0001".into(),
