@@ -163,7 +163,7 @@ pub struct Error {
     problems: Vec<Problem>,
     retryable: Option<bool>,
     sts: Option<Box<StsErrorInfo>>,
-    identity: Option<Box<crate::response::CallerIdentity>>,
+    identity: Option<Box<crate::identity::CallerIdentity>>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -200,7 +200,7 @@ impl Error {
         self
     }
 
-    pub(crate) fn with_identity(mut self, identity: crate::response::CallerIdentity) -> Self {
+    pub(crate) fn with_identity(mut self, identity: crate::identity::CallerIdentity) -> Self {
         self.identity = Some(Box::new(identity));
         self
     }
@@ -217,7 +217,7 @@ impl Error {
 
     /// The verified identity, when verification got that far (`not_allowed` always has one), for
     /// the audit log.
-    pub fn identity(&self) -> Option<&crate::response::CallerIdentity> {
+    pub fn identity(&self) -> Option<&crate::identity::CallerIdentity> {
         self.identity.as_deref()
     }
 

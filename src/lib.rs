@@ -42,10 +42,13 @@ mod credentials;
 pub mod emulator;
 mod endpoint;
 mod error;
+mod identity;
+mod matcher;
+mod membership;
 pub mod organizations;
 mod request;
 mod response;
-mod rules;
+mod rule;
 mod sigv4;
 mod token;
 mod transport;
@@ -55,16 +58,14 @@ pub use arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Servi
 pub use credentials::Credentials;
 pub use endpoint::{Endpoint, EndpointPolicy, FipsMode};
 pub use error::{Error, ErrorKind, Problem, Severity, StsErrorInfo};
+pub use identity::CallerIdentity;
+pub use matcher::{Check, Explanation, RuleMatcher, RuleOutcome};
 pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};
 pub use response::{
-    CallerIdentity, MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer,
-    parse_sts_response,
+    MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer, parse_sts_response,
 };
-pub use rules::{Check, Explanation, RuleMatcher, RuleOutcome};
-pub use token::{
-    MAX_ARN_PATTERN_LEN, MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, OrganizationalUnits,
-    OuInclude, Role, Rule, Token, TokenSet,
-};
+pub use rule::{MAX_ARN_PATTERN_LEN, OrganizationalUnits, OuInclude, Rule};
+pub use token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, Role, Token, TokenSet};
 pub use transport::{
     BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride, ReqwestTransport,
     ReqwestTransportBuilder, StsResponse, StsTransport, TrustRoots,

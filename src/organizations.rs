@@ -14,7 +14,8 @@ use serde::Deserialize;
 use crate::arn::{AccountId, Partition};
 use crate::credentials::{Credentials, sign_headers};
 use crate::error::{Error, ErrorKind};
-use crate::token::{OrganizationalUnits, OuInclude, Rule, is_org_id};
+pub use crate::membership::Membership;
+use crate::rule::is_org_id;
 use crate::transport::{ReqwestTransport, StsResponse};
 
 /// Default time a looked-up membership is trusted.
@@ -25,43 +26,6 @@ pub const DEFAULT_ORG_CACHE_ENTRIES: usize = 100_000;
 pub const MAX_OU_DEPTH: usize = 8;
 /// The largest Organizations answer read.
 pub const MAX_ORGANIZATIONS_RESPONSE_BYTES: usize = 64 * 1024;
-
-/// Where an account sits in AWS Organizations.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Membership {
-    /// The account belongs to no organization the lookup can see.
-    NotInOrganization,
-    /// The account belongs to `organization_id`, under `ancestors` (parent first, root last).
-    Member {
-        /// `o-...`.
-        organization_id: String,
-        /// OU ids (`ou-...`) from the account's parent up, then the root id (`r-...`).
-        ancestors: Vec<String>,
-    },
-}
-
-impl Membership {
-    /// Whether an organization rule's organization fields admit this membership. The rule's other
-    /// fields (account, ARN) are not considered here. A rule without `aws_organization_id`
-    /// admits nothing here (it needs no lookup at all).
-    pub fn admits(&self, rule: &Rule) -> bool {
-        let Some(want) = rule.aws_organization_id() else { return false };
-        let Membership::Member { organization_id, ancestors } = self else { return false };
-        if organization_id != want {
-            return false;
-        }
-        match rule.aws_organizational_units() {
-            None => true,
-            Some(OrganizationalUnits { include, exclude }) => {
-                let included = match include {
-                    OuInclude::All => true,
-                    OuInclude::Any(ids) => ids.iter().any(|id| ancestors.contains(id)),
-                };
-                included && !exclude.iter().any(|id| ancestors.contains(id))
-            }
-        }
-    }
-}
 
 fn lookup_failed(retryable: bool, detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::LookupFailed, detail).with_retryable(retryable)
@@ -360,6 +324,7 @@ impl OrganizationsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rule::Rule;
     use crate::token::TokenSet;
 
     fn rules(yaml_rules: &str) -> Vec<Rule> {

@@ -7,13 +7,12 @@
 //! DOCTYPE, entity declarations, comments, CDATA, processing instructions (but the XML
 //! declaration) or trailing content; at most 16 levels deep and 64 KiB.
 
-use std::fmt;
-
 use quick_xml::events::Event;
 use serde::Deserialize;
 
 use crate::arn::{AccountId, Arn, Principal};
 use crate::error::{Error, ErrorKind, StsErrorInfo, printable};
+use crate::identity::CallerIdentity;
 
 /// The largest STS response body read. A real GetCallerIdentity answer is under 1 KiB; error
 /// bodies are smaller still.
@@ -25,30 +24,7 @@ pub const MAX_USER_ID_LEN: usize = 512;
 /// STS's XML namespace.
 pub const STS_NAMESPACE: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
 
-/// A verified AWS identity, as STS returned it and consistent with itself.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CallerIdentity {
-    account: AccountId,
-    arn: Arn,
-    user_id: String,
-}
-
 impl CallerIdentity {
-    /// The 12-digit account.
-    pub fn account(&self) -> &AccountId {
-        &self.account
-    }
-
-    /// The principal's ARN, parsed.
-    pub fn arn(&self) -> &Arn {
-        &self.arn
-    }
-
-    /// The unique id (`AIDA...` for users, `AROA...:session` for assumed roles).
-    pub fn user_id(&self) -> &str {
-        &self.user_id
-    }
-
     /// Builds an identity from its parts with the checks applied to STS answers.
     pub fn new(account: &str, arn: &str, user_id: &str) -> Result<Self, Error> {
         let invalid = |d: String| Error::new(ErrorKind::StsResponseInvalid, d);
@@ -64,7 +40,7 @@ impl CallerIdentity {
         if let Some(want) = user_id_mismatch(&arn, user_id) {
             return Err(invalid(format!("UserId {} does not have the shape STS gives {want}", printable(user_id))));
         }
-        Ok(Self { account, arn, user_id: user_id.to_owned() })
+        Ok(Self::from_checked_parts(account, arn, user_id.to_owned()))
     }
 }
 
@@ -105,16 +81,6 @@ fn user_id_mismatch(arn: &Arn, user_id: &str) -> Option<&'static str> {
         Principal::Root => "the root user (the account id)",
         _ => "a federated user (the account id, a colon, and the ARN's user name)",
     })
-}
-
-impl fmt::Debug for CallerIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallerIdentity")
-            .field("account", &self.account.as_str())
-            .field("arn", &self.arn.as_str())
-            .field("user_id", &self.user_id)
-            .finish()
-    }
 }
 
 /// A successful answer: the identity and STS's request id, when given.

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 
-use crate::arn::AccountId;
 use crate::error::{Error, ErrorKind, Problem, Severity};
-use crate::rules::{RuleMatcher, arn_pattern_lint};
+use crate::matcher::RuleMatcher;
+use crate::rule::{self, OuFields, Place, Rule, RuleFields};
 
 /// The largest token file accepted. A thousand tokens with a few rules each take about 300 KiB;
 /// 8 MiB leaves room for very large fleets while bounding what a bad file can cost.
@@ -26,9 +26,6 @@ pub const MAX_TOKENS_PER_FILE: usize = 100_000;
 /// The most allow rules one token may hold. Matching cost does not grow with it, but compile
 /// time and memory do.
 pub const MAX_RULES_PER_TOKEN: usize = 100_000;
-/// The longest `aws_arn` pattern accepted (an ARN is at most 2048 bytes).
-pub const MAX_ARN_PATTERN_LEN: usize = 2048;
-
 /// A system role a provision token may grant.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,109 +109,6 @@ impl Role {
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Which organizational units an organization rule includes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OuInclude {
-    /// `include: ["*"]`: every account of the organization.
-    All,
-    /// Accounts under (at any depth) at least one of these OU or root ids.
-    Any(Vec<String>),
-}
-
-/// The `aws_organizational_units` part of a rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OrganizationalUnits {
-    /// The included OUs.
-    pub include: OuInclude,
-    /// Accounts under any of these OUs never match.
-    pub exclude: Vec<String>,
-}
-
-/// One validated allow rule. Its fields are ANDed; a token's rules are ORed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
-    pub(crate) aws_account: Option<AccountId>,
-    pub(crate) aws_arn: Option<String>,
-    pub(crate) aws_organization_id: Option<String>,
-    pub(crate) aws_organizational_units: Option<OrganizationalUnits>,
-}
-
-impl Rule {
-    /// Builds a rule from its parts, with the loader's errors: an account that is not 12
-    /// digits, a pattern longer than [`MAX_ARN_PATTERN_LEN`], or neither field set (an empty
-    /// `aws_arn` counts as unset, as in Teleport). A pattern that can never match is accepted,
-    /// as Teleport accepts it; [`Rule::lint`] says why it never matches.
-    ///
-    /// ```
-    /// use iam_join::Rule;
-    /// let rule = Rule::new(Some("111111111111"), Some("arn:aws:sts::111111111111:assumed-role/r/*")).unwrap();
-    /// assert_eq!(rule.aws_account().unwrap().as_str(), "111111111111");
-    /// assert_eq!(rule.lint(), None);
-    /// assert!(Rule::new(None, None).is_err());
-    /// assert!(Rule::new(Some("1111"), None).is_err());
-    /// let forgot_star = Rule::new(None, Some("arn:aws:sts::111111111111:assumed-role/r")).unwrap();
-    /// assert!(forgot_star.lint().unwrap().contains("can never match"));
-    /// ```
-    pub fn new(aws_account: Option<&str>, aws_arn: Option<&str>) -> Result<Self, Error> {
-        let mut problems = Vec::new();
-        let account = aws_account.and_then(|a| {
-            let parsed = AccountId::parse(a);
-            if parsed.is_none() {
-                problems.push(format!("aws_account {a:?} is not a 12-digit AWS account id"));
-            }
-            parsed
-        });
-        let aws_arn = aws_arn.filter(|p| !p.is_empty());
-        if aws_arn.is_some_and(|p| p.len() > MAX_ARN_PATTERN_LEN) {
-            problems.push(format!("aws_arn is longer than {MAX_ARN_PATTERN_LEN} bytes"));
-        }
-        if aws_account.is_none() && aws_arn.is_none() {
-            problems.push("a rule needs aws_account, aws_arn or aws_organization_id".to_owned());
-        }
-        if problems.is_empty() {
-            Ok(Self {
-                aws_account: account,
-                aws_arn: aws_arn.map(str::to_owned),
-                aws_organization_id: None,
-                aws_organizational_units: None,
-            })
-        } else {
-            Err(Error::new(ErrorKind::TokenInvalid, problems.join("; ")))
-        }
-    }
-
-    /// Why this rule can never match any identity STS reports, or `None` when it can. The
-    /// loader reports the same text as a warning.
-    pub fn lint(&self) -> Option<String> {
-        self.aws_arn.as_deref().and_then(|p| arn_pattern_lint(p, self.aws_account.as_ref()))
-    }
-
-    /// The account the identity must be in, if the rule names one.
-    pub fn aws_account(&self) -> Option<&AccountId> {
-        self.aws_account.as_ref()
-    }
-
-    /// The ARN glob the identity must match, if the rule names one.
-    pub fn aws_arn(&self) -> Option<&str> {
-        self.aws_arn.as_deref()
-    }
-
-    /// The AWS Organization the identity's account must belong to, if any.
-    pub fn aws_organization_id(&self) -> Option<&str> {
-        self.aws_organization_id.as_deref()
-    }
-
-    /// The organizational units the identity's account must sit under, if any.
-    pub fn aws_organizational_units(&self) -> Option<&OrganizationalUnits> {
-        self.aws_organizational_units.as_ref()
-    }
-
-    /// Whether matching this rule needs an AWS Organizations lookup.
-    pub fn needs_organization(&self) -> bool {
-        self.aws_organization_id.is_some()
     }
 }
 
@@ -900,134 +794,44 @@ impl RawToken {
     }
 }
 
+fn value(s: &Option<Spanned<String>>) -> Option<&str> {
+    s.as_ref().map(|v| v.value.as_str())
+}
+
 impl RawRule {
+    /// Runs the one rule validator ([`crate::rule`]) and places each finding at its YAML node.
     fn validate(self, rule_at: Loc, d: &mut Diags<'_>) -> Option<Rule> {
-        let errors_before = d.errors;
-        if let Some(r) = &self.aws_role {
-            d.error(at(r), "aws_role belongs to join_method ec2 rules and is not checked by iam; remove it".to_owned());
-        }
-        if let Some(r) = &self.aws_regions {
-            d.error(
-                at(r),
-                "aws_regions belongs to join_method ec2 rules and is not checked by iam; remove it".to_owned(),
-            );
-        }
-        let account = self.aws_account.as_ref().and_then(|a| {
-            let parsed = AccountId::parse(&a.value);
-            if parsed.is_none() {
-                d.error(at(a), format!("aws_account {:?} is not a 12-digit AWS account id", a.value));
-            }
-            parsed
+        let ous = self.aws_organizational_units.as_ref().map(|o| OuFields {
+            include: o.value.include.as_ref().map(|i| i.value.iter().map(|v| v.value.as_str()).collect()),
+            exclude: o.value.exclude.iter().flatten().map(|v| v.value.as_str()).collect(),
         });
-        // Teleport treats an empty aws_arn as unset.
-        let aws_arn = match self.aws_arn {
-            Some(p) if p.value.is_empty() => {
-                d.warn(at(&p), "aws_arn is empty, which Teleport treats as unset; remove it".to_owned());
-                None
-            }
-            Some(p) if p.value.len() > MAX_ARN_PATTERN_LEN => {
-                d.error(at(&p), format!("aws_arn is longer than {MAX_ARN_PATTERN_LEN} bytes"));
-                None
-            }
-            Some(p) => {
-                if let Some(why) = arn_pattern_lint(&p.value, account.as_ref()) {
-                    d.warn(at(&p), why);
-                }
-                Some(p.value)
-            }
-            None => None,
-        };
-        if let Some(o) = &self.aws_organization_id
-            && !is_org_id(&o.value)
-        {
-            d.error(
-                at(o),
-                format!(
-                    "aws_organization_id {:?} is not an organization id (o- and 10 to 32 lowercase letters or digits)",
-                    o.value
-                ),
-            );
-        }
-        let ous = self.aws_organizational_units.and_then(|ous| {
-            let ous_at = at(&ous);
-            if self.aws_organization_id.is_none() {
-                d.error(ous_at, "aws_organizational_units needs aws_organization_id in the same rule".to_owned());
-            }
-            let include = match ous.value.include {
-                None => {
-                    d.error(
-                        ous_at,
-                        "aws_organizational_units.include is missing; use [\"*\"] for the whole organization"
-                            .to_owned(),
-                    );
-                    None
-                }
-                Some(inc) if inc.value.is_empty() => {
-                    d.error(
-                        at(&inc),
-                        "aws_organizational_units.include is empty; use [\"*\"] for the whole organization".to_owned(),
-                    );
-                    None
-                }
-                Some(inc) => {
-                    let star = inc.value.iter().any(|v| v.value == "*");
-                    if star && inc.value.len() > 1 {
-                        d.error(at(&inc), "\"*\" in include stands alone: it already means every OU".to_owned());
-                        None
-                    } else if star {
-                        Some(OuInclude::All)
-                    } else {
-                        let mut ids = Vec::new();
-                        for v in inc.value {
-                            if is_ou_or_root_id(&v.value) {
-                                ids.push(v.value);
-                            } else {
-                                d.error(at(&v), format!("{:?} is not an OU id (ou-...) or root id (r-...)", v.value));
-                            }
-                        }
-                        Some(OuInclude::Any(ids))
-                    }
-                }
-            };
-            let mut exclude = Vec::new();
-            for v in ous.value.exclude.unwrap_or_default() {
-                if v.value == "*" {
-                    d.error(at(&v), "\"*\" cannot be excluded: the rule would match nothing".to_owned());
-                } else if is_ou_or_root_id(&v.value) {
-                    exclude.push(v.value);
-                } else {
-                    d.error(at(&v), format!("{:?} is not an OU id (ou-...) or root id (r-...)", v.value));
-                }
-            }
-            include.map(|include| OrganizationalUnits { include, exclude })
-        });
-        if self.aws_account.is_none() && aws_arn.is_none() && self.aws_organization_id.is_none() {
-            d.error(rule_at, "a rule needs aws_account, aws_arn or aws_organization_id".to_owned());
-        }
-        (d.errors == errors_before).then(|| Rule {
-            aws_account: account,
-            aws_arn,
-            aws_organization_id: self.aws_organization_id.map(|o| o.value),
+        let fields = RuleFields {
+            aws_account: value(&self.aws_account),
+            aws_arn: value(&self.aws_arn),
+            aws_organization_id: value(&self.aws_organization_id),
             aws_organizational_units: ous,
-        })
+            aws_role: self.aws_role.is_some(),
+            aws_regions: self.aws_regions.is_some(),
+        };
+        let ous = self.aws_organizational_units.as_ref();
+        let include = ous.and_then(|o| o.value.include.as_ref());
+        let place = |p: Place| -> Loc {
+            let loc = match p {
+                Place::Rule => None,
+                Place::Account => self.aws_account.as_ref().map(at),
+                Place::Arn => self.aws_arn.as_ref().map(at),
+                Place::OrganizationId => self.aws_organization_id.as_ref().map(at),
+                Place::Ous => ous.map(at),
+                Place::Include => include.map(at),
+                Place::IncludeItem(i) => include.and_then(|inc| inc.value.get(i)).map(at),
+                Place::ExcludeItem(i) => ous.and_then(|o| o.value.exclude.as_ref()?.get(i)).map(at),
+                Place::AwsRole => self.aws_role.as_ref().map(at),
+                Place::AwsRegions => self.aws_regions.as_ref().map(at),
+            };
+            loc.unwrap_or(rule_at)
+        };
+        rule::validate(&fields, &mut |severity, p, message| d.push(severity, place(p), message))
     }
-}
-
-fn is_lower_alnum(s: &str, min: usize, max: usize) -> bool {
-    (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
-
-pub(crate) fn is_org_id(s: &str) -> bool {
-    s.strip_prefix("o-").is_some_and(|r| is_lower_alnum(r, 10, 32))
-}
-
-fn is_ou_or_root_id(s: &str) -> bool {
-    if let Some(r) = s.strip_prefix("r-") {
-        return is_lower_alnum(r, 4, 32);
-    }
-    s.strip_prefix("ou-")
-        .and_then(|r| r.split_once('-'))
-        .is_some_and(|(root, ou)| is_lower_alnum(root, 4, 32) && is_lower_alnum(ou, 8, 32))
 }
 
 pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {

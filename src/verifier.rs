@@ -7,9 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::field::Empty;
 
 use crate::error::{Error, ErrorKind};
+use crate::identity::CallerIdentity;
 use crate::organizations::{Membership, OrganizationsClient};
 use crate::request::{RequestPolicy, StsRequest};
-use crate::response::{CallerIdentity, StsAnswer, parse_sts_response};
+use crate::response::{StsAnswer, parse_sts_response};
 use crate::token::{Role, Token, TokenSet};
 use crate::transport::StsTransport;
 

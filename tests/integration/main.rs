@@ -9,6 +9,7 @@ mod cli;
 mod endpoints;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod faults;
+mod layers;
 mod matching;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod org_rules;

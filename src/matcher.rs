@@ -20,7 +20,7 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::arn::{AccountId, Arn, Partition, Service};
 use crate::error::{Error, ErrorKind};
-use crate::token::Rule;
+use crate::rule::Rule;
 
 type Map<K, V> = HashMap<K, V, RandomState>;
 
@@ -291,82 +291,6 @@ fn to_glob(pattern: &str) -> String {
     out
 }
 
-/// The part of a pattern before its first wildcard, split on `:`, with only complete fields.
-fn literal_fields(pattern: &str) -> Vec<&str> {
-    let literal = &pattern[..pattern.find(['*', '?']).unwrap_or(pattern.len())];
-    let mut fields: Vec<&str> = literal.split(':').collect();
-    if pattern.len() != literal.len() {
-        // The last field continues past the wildcard.
-        fields.pop();
-    }
-    fields
-}
-
-/// The account an ARN pattern pins, when its account field is literal.
-fn pattern_account(pattern: &str) -> Option<AccountId> {
-    literal_fields(pattern).get(4).and_then(|a| AccountId::parse(a))
-}
-
-/// Why an `aws_arn` pattern can never match the ARN of a principal that STS reports, or `None`
-/// when it can. Teleport accepts such patterns (they simply never match), so this is a lint, not
-/// an error: a forgotten `/*`, characters no ARN holds, a partition, service, region or account
-/// field no principal ARN has, or an account other than the rule's own `aws_account`.
-pub(crate) fn arn_pattern_lint(pattern: &str, account: Option<&AccountId>) -> Option<String> {
-    let never = |why: String| Some(format!("aws_arn {pattern:?} can never match a principal ARN: {why}"));
-    if !pattern.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return never("it has characters no ARN contains (spaces, controls or non-ASCII)".to_owned());
-    }
-    // The pattern must be able to start with `arn:`, wildcards included.
-    for (p, want) in pattern.bytes().chain(std::iter::repeat(0)).zip(*b"arn:") {
-        match p {
-            b'*' => break,
-            b'?' => {}
-            p if p == want => {}
-            _ => return never("it must start with \"arn:\"".to_owned()),
-        }
-    }
-    // STS reports a role session as `arn:P:sts::A:assumed-role/ROLE/SESSION`, never the role.
-    let literal = &pattern[..pattern.find(['*', '?']).unwrap_or(pattern.len())];
-    let names_a_role = matches!(literal.splitn(6, ':').collect::<Vec<_>>()[..],
-        [_, _, "iam", _, _, resource] if resource.starts_with("role/"));
-    let role = || {
-        never(
-            "STS reports a role as arn:PARTITION:sts::ACCOUNT:assumed-role/ROLE/SESSION, never as an IAM role ARN"
-                .to_owned(),
-        )
-    };
-    if !pattern.contains(['*', '?']) {
-        return match Arn::parse(pattern) {
-            Err(e) => never(e.to_string()),
-            Ok(_) if names_a_role => role(),
-            Ok(_) => account_conflict(pattern, account),
-        };
-    }
-    let fields = literal_fields(pattern);
-    if let Some(p) = fields.get(1).filter(|p| Partition::from_name(p).is_none()) {
-        return never(format!("unknown partition {p:?}"));
-    }
-    if let Some(s) = fields.get(2).filter(|s| Service::from_name(s).is_none()) {
-        return never(format!("service {s:?} is not iam or sts"));
-    }
-    if let Some(r) = fields.get(3).filter(|r| !r.is_empty()) {
-        return never(format!("principal ARNs have an empty region, found {r:?}"));
-    }
-    if let Some(a) = fields.get(4).filter(|a| AccountId::parse(a).is_none()) {
-        return never(format!("account {a:?} is not 12 digits"));
-    }
-    if names_a_role {
-        return role();
-    }
-    account_conflict(pattern, account)
-}
-
-fn account_conflict(pattern: &str, account: Option<&AccountId>) -> Option<String> {
-    let (Some(want), Some(pinned)) = (account, pattern_account(pattern)) else { return None };
-    (want != &pinned)
-        .then(|| format!("aws_arn {pattern:?} can never match: it names account {pinned} but aws_account is {want}"))
-}
-
 impl RuleMatcher {
     /// Compiles rules once. Organization rules (`aws_organization_id`) are kept for `explain`
     /// and [`RuleMatcher::organization_rules`] but never matched by [`RuleMatcher::first_match`].
@@ -496,7 +420,7 @@ impl RuleMatcher {
         &self,
         account: &AccountId,
         arn: &Arn,
-        membership: Option<&crate::organizations::Membership>,
+        membership: Option<&crate::membership::Membership>,
     ) -> Explanation {
         let mut arn_ok = vec![false; self.rules.len()];
         self.search(arn, &mut Goal::AllArnMatches(&mut arn_ok));
@@ -715,13 +639,6 @@ mod tests {
         any_partition_star: None, Some("arn:*:iam::123456789012:user/admins-123"), USER => true;
     }
 
-    #[test]
-    fn a_pattern_that_cannot_match_a_session_is_a_lint_not_an_error() {
-        let r = Rule::new(None, Some("arn:aws:sts::123456789012:assumed-role/my-super-test-role")).unwrap();
-        assert!(r.lint().is_some_and(|l| l.contains("can never match")), "{:?}", r.lint());
-        assert_eq!(Rule::new(None, Some("arn:aws:sts::123456789012:assumed-role/r/*")).unwrap().lint(), None);
-    }
-
     /// globset's extension shortcut finds no extension in a last segment of `..`, so before the
     /// `[.]` rewrite these patterns missed session names Teleport's regex matches.
     #[test]
@@ -802,43 +719,6 @@ mod tests {
     }
 
     #[test]
-    fn pattern_lints() {
-        let never = [
-            ("aws:iam::123456789012:user/x", None),
-            ("arn:aws:iam::123456789012:user/x y", None),
-            ("arn:aws:iam::123456789012:user/\u{e9}", None),
-            ("arx*", None),
-            ("arn:aws-mars:iam::*", None),
-            ("arn:aws:s3:::bucket/*", None),
-            ("arn:aws:iam:us-east-1:*", None),
-            ("arn:aws:iam::1234:user/*", None),
-            ("arn:aws:iam::123456789012:role", None),
-            ("arn:aws:sts::123456789012:assumed-role/my-super-test-role", None),
-            ("arn:aws:iam::123456789012:role/deploy", None),
-            ("arn:aws:iam::123456789012:role/deploy-?", None),
-            ("arn:aws:iam::123456789012:user/*", Some("111111111111")),
-            ("arn:aws:iam::123456789012:user/x", Some("111111111111")),
-        ];
-        for (p, acct) in never {
-            let acct = acct.and_then(AccountId::parse);
-            let lint = arn_pattern_lint(p, acct.as_ref());
-            assert!(lint.as_deref().is_some_and(|l| l.contains("can never match")), "{p:?}: {lint:?}");
-        }
-        let fine = [
-            "*",
-            "?*",
-            "a*",
-            "arn:*",
-            "arn:aws:iam::*",
-            "arn:aws:sts::123456789012:assumed-role/r/*",
-            "arn:a?s:iam::1:x",
-        ];
-        for p in fine {
-            assert_eq!(arn_pattern_lint(p, None), None, "{p:?} can match");
-        }
-    }
-
-    #[test]
     fn star_matches_every_arn_of_the_account() {
         let m = RuleMatcher::compile(vec![rule(Some("123456789012"), Some("*"))]).unwrap();
         for arn in [USER, "arn:aws:sts::123456789012:assumed-role/r/s", "arn:aws:iam::123456789012:root"] {
@@ -851,7 +731,7 @@ mod tests {
 
     #[test]
     fn explain_judges_organization_rules_with_their_own_patterns() {
-        use crate::organizations::Membership;
+        use crate::membership::Membership;
         let yaml = "kind: token\nversion: v2\nmetadata:\n  name: t\nspec:\n  roles: [Node]\n  join_method: iam\n  allow:\n  - aws_organization_id: o-abcdefghij\n    aws_arn: \"arn:aws:iam::*:user/admins-*\"\n  - aws_organization_id: o-abcdefghij\n    aws_arn: \"arn:aws:iam::*:user/other\"\n";
         let set = crate::token::TokenSet::from_yaml(yaml).unwrap();
         let m = set.get("t").unwrap().matcher();
