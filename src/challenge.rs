@@ -10,6 +10,22 @@ pub const DEFAULT_CHALLENGE_HEADER: &str = "x-teleport-challenge";
 /// Random bytes per challenge: 256 bits, so a challenge is never guessed or repeated.
 pub const CHALLENGE_BYTES: usize = 32;
 
+/// The shortest issued challenge a verifier accepts: 16 random bytes in unpadded base64, the
+/// most compact printable form of 128 bits. An empty or short challenge (a server that looked up
+/// a missing challenge as "") would let an agent that signed exactly that value through.
+pub const MIN_CHALLENGE_LEN: usize = 22;
+
+/// Refuses an issued challenge too short to carry 16 bytes of entropy, as a setup mistake.
+pub(crate) fn check_issued(challenge: &str) -> Result<(), crate::error::Error> {
+    if challenge.len() < MIN_CHALLENGE_LEN {
+        return Err(crate::error::Error::config_invalid(format!(
+            "the issued challenge has {} characters; at least {MIN_CHALLENGE_LEN} characters (16 random bytes) are required",
+            challenge.len()
+        )));
+    }
+    Ok(())
+}
+
 /// A fresh challenge from the operating system's random source: 32 bytes, unpadded standard
 /// base64 (43 characters).
 ///

@@ -2,11 +2,10 @@
 //! Organizations lookups (which use the auth server's own credentials).
 
 use std::fmt;
-use std::time::SystemTime;
 
 use zeroize::Zeroizing;
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 
 /// AWS credentials. The secret key and session token are zeroized on drop and never printed:
 /// `Debug` shows the access key id and lengths only.
@@ -34,7 +33,7 @@ impl Credentials {
     /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optional `AWS_SESSION_TOKEN`.
     pub fn from_env() -> Result<Self, Error> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let missing = |k: &str| Error::new(ErrorKind::MalformedRequest, format!("{k} is not set"));
+        let missing = |k: &str| Error::config_invalid(format!("{k} is not set"));
         Ok(Self::new(
             get("AWS_ACCESS_KEY_ID").ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?,
             get("AWS_SECRET_ACCESS_KEY").ok_or_else(|| missing("AWS_SECRET_ACCESS_KEY"))?,
@@ -61,6 +60,7 @@ impl fmt::Debug for Credentials {
 /// Signs a `POST https://{host}/` request with these headers (lowercase names, `host` among them)
 /// and body, and returns the headers SigV4 adds (`x-amz-date`, `x-amz-security-token` when there
 /// is a session token, `authorization`).
+#[cfg(feature = "sign")]
 pub(crate) fn sign_headers(
     creds: &Credentials,
     service: &str,
@@ -68,11 +68,11 @@ pub(crate) fn sign_headers(
     host: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-    time: SystemTime,
+    time: std::time::SystemTime,
 ) -> Result<Vec<(String, String)>, Error> {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4;
-    let failed = |e: &dyn fmt::Display| Error::new(ErrorKind::LookupFailed, format!("signing failed: {e}"));
+    let failed = |e: &dyn fmt::Display| Error::config_invalid(format!("could not sign the request: {e}"));
     let identity = aws_credential_types::Credentials::new(
         creds.access_key_id.clone(),
         creds.secret_access_key.as_str().to_owned(),

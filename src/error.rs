@@ -30,6 +30,9 @@ pub enum ErrorKind {
     NotAllowed,
     /// An AWS Organizations lookup failed.
     LookupFailed,
+    /// Not a join outcome: the caller's setup is wrong (a builder value, a key, a flag, an issued
+    /// challenge too short to be one). Kept apart so that per-kind dashboards of joins stay true.
+    ConfigInvalid,
 }
 
 impl ErrorKind {
@@ -46,11 +49,12 @@ impl ErrorKind {
             Self::StsResponseInvalid => "sts_response_invalid",
             Self::NotAllowed => "not_allowed",
             Self::LookupFailed => "lookup_failed",
+            Self::ConfigInvalid => "config_invalid",
         }
     }
 
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         Self::TokenInvalid,
         Self::MalformedRequest,
         Self::UntrustedEndpoint,
@@ -61,6 +65,7 @@ impl ErrorKind {
         Self::StsResponseInvalid,
         Self::NotAllowed,
         Self::LookupFailed,
+        Self::ConfigInvalid,
     ];
 }
 
@@ -181,7 +186,30 @@ impl Error {
         }
     }
 
+    /// `sts_unavailable`, retryable, for a transport of the caller's own (see
+    /// `Verifier::verify_with`) whose exchange failed: `what` names the client for the log
+    /// ("my HTTP client"), `source` is the cause (a refused connection, a timeout), kept as
+    /// [`std::error::Error::source`].
+    ///
+    /// ```
+    /// let e = iam_join::Error::sts_unavailable("my HTTP client", std::io::Error::other("connection refused"));
+    /// assert_eq!(e.kind(), iam_join::ErrorKind::StsUnavailable);
+    /// assert!(e.is_retryable());
+    /// assert_eq!(std::error::Error::source(&e).unwrap().to_string(), "connection refused");
+    /// ```
+    pub fn sts_unavailable(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::new(ErrorKind::StsUnavailable, format!("{} could not reach STS: {source}", printable_plain(what)))
+            .with_retryable(true)
+            .with_source(source)
+    }
+
+    /// `config_invalid`: a setup mistake of the caller's, not a join outcome.
+    pub fn config_invalid(detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ConfigInvalid, detail)
+    }
+
     /// The same error under another kind (e.g. a transport failure during an Organizations call).
+    #[cfg(feature = "io")]
     pub(crate) fn into_kind(mut self, kind: ErrorKind) -> Self {
         if self.kind != kind {
             self.retryable = Some(self.is_retryable());
@@ -247,6 +275,11 @@ impl Error {
     }
 }
 
+/// Caller-supplied text, bounded to 64 characters, without quotes.
+fn printable_plain(text: &str) -> String {
+    text.chars().take(64).collect::<String>().escape_debug().collect()
+}
+
 /// Untrusted text as it may appear in an error: quoted, at most 64 characters, escapes for
 /// anything odd.
 pub(crate) fn printable(text: &str) -> String {
@@ -277,6 +310,7 @@ mod tests {
                 "sts_response_invalid",
                 "not_allowed",
                 "lookup_failed",
+                "config_invalid",
             ]
         );
     }

@@ -45,12 +45,14 @@ mod error;
 mod identity;
 mod matcher;
 mod membership;
+#[cfg(feature = "io")]
 pub mod organizations;
 mod request;
 mod response;
 mod rule;
 mod sigv4;
 mod token;
+#[cfg(feature = "io")]
 mod transport;
 mod verifier;
 
@@ -60,17 +62,19 @@ pub use endpoint::{Endpoint, EndpointPolicy, FipsMode};
 pub use error::{Error, ErrorKind, Problem, Severity, StsErrorInfo};
 pub use identity::CallerIdentity;
 pub use matcher::{Check, Explanation, RuleMatcher, RuleOutcome};
+pub use membership::Membership;
 pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};
 pub use response::{
     MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer, parse_sts_response,
 };
 pub use rule::{MAX_ARN_PATTERN_LEN, OrganizationalUnits, OuInclude, Rule};
 pub use token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, Role, Token, TokenSet};
+#[cfg(feature = "io")]
 pub use transport::{
     BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride, ReqwestTransport,
     ReqwestTransportBuilder, StsResponse, StsTransport, TrustRoots,
 };
-pub use verifier::{DEFAULT_DEADLINE, DEFAULT_RETRIES, Prepared, Verdict, Verifier};
+pub use verifier::{Concluded, DEFAULT_DEADLINE, DEFAULT_RETRIES, MembershipQuery, Prepared, Verdict, Verifier};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

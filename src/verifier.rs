@@ -1,18 +1,29 @@
-//! The one call an auth server makes per join, and its sans-IO halves.
+//! The one call an auth server makes per join, and the sans-IO state machine it drives:
+//! [`Verifier::prepare`] → (send) → [`Verifier::conclude`] → (when an organization rule must
+//! decide: look up the membership → [`Verifier::resume`]) → [`Verdict`]. The async
+//! [`Verifier::verify`] and [`Verifier::verify_with`] (feature `io`) drive the same machine.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+#[cfg(feature = "io")]
+use std::time::Instant;
+use std::time::{Duration, SystemTime};
 
-use tracing::field::Empty;
+use arc_swap::ArcSwap;
 
+use crate::arn::{AccountId, Partition};
+use crate::challenge;
 use crate::error::{Error, ErrorKind};
 use crate::identity::CallerIdentity;
-use crate::organizations::{Membership, OrganizationsClient};
+use crate::membership::Membership;
 use crate::request::{RequestPolicy, StsRequest};
 use crate::response::{StsAnswer, parse_sts_response};
 use crate::token::{Role, Token, TokenSet};
-use crate::transport::StsTransport;
+#[cfg(feature = "io")]
+use crate::{
+    organizations::OrganizationsClient,
+    transport::{StsResponse, StsTransport},
+};
 
 /// Default number of retries after an `sts_unavailable` outcome (GetCallerIdentity is idempotent).
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -58,11 +69,64 @@ impl Verdict {
 }
 
 /// The first half of a sans-IO verification: the token is usable and the request valid. Send
-/// [`Prepared::request`] with your own HTTP stack, then call [`Verifier::conclude`].
+/// [`Prepared::request`] with your own HTTP stack, then call [`Verifier::conclude`]. It holds the
+/// token as it was when prepared, so a token set swapped in meanwhile cannot mix into this join.
 #[derive(Clone, Debug)]
 pub struct Prepared {
     token: Arc<Token>,
     request: StsRequest,
+}
+
+/// What STS's answer concluded: a verdict, or the one lookup an organization rule needs.
+#[derive(Debug)]
+#[must_use]
+pub enum Concluded {
+    /// A rule allows the identity.
+    Allowed(Verdict),
+    /// An organization rule must decide: look up where [`MembershipQuery::account`] sits in
+    /// [`MembershipQuery::partition`] (e.g. with `organizations::OrganizationsClient`), then call
+    /// [`Verifier::resume`].
+    NeedsMembership(MembershipQuery),
+}
+
+impl Concluded {
+    /// The verdict, for callers whose tokens use no organization rules: a needed membership
+    /// is refused as `lookup_failed`, with the identity kept for audit.
+    pub fn into_verdict(self) -> Result<Verdict, Error> {
+        match self {
+            Concluded::Allowed(v) => Ok(v),
+            Concluded::NeedsMembership(q) => Err(Error::new(
+                ErrorKind::LookupFailed,
+                "an organization rule must decide: look up the membership and resume",
+            )
+            .with_identity(q.answer.identity)),
+        }
+    }
+}
+
+/// The state of a verification waiting for an AWS Organizations membership.
+#[derive(Debug)]
+pub struct MembershipQuery {
+    prepared: Prepared,
+    answer: StsAnswer,
+    candidates: Vec<usize>,
+}
+
+impl MembershipQuery {
+    /// The partition to look the account up in.
+    pub fn partition(&self) -> Partition {
+        self.answer.identity.arn().partition()
+    }
+
+    /// The account whose membership decides.
+    pub fn account(&self) -> AccountId {
+        *self.answer.identity.account()
+    }
+
+    /// The verified identity.
+    pub fn identity(&self) -> &CallerIdentity {
+        &self.answer.identity
+    }
 }
 
 impl Prepared {
@@ -82,7 +146,7 @@ impl Prepared {
 /// ```no_run
 /// use iam_join::{RequestPolicy, ReqwestTransport, TokenSet, Verifier};
 /// # async fn join(raw_request: &[u8], challenge: &str) -> Result<(), iam_join::Error> {
-/// let tokens = TokenSet::from_yaml(&std::fs::read_to_string("tokens.yaml").unwrap())?;
+/// let tokens = TokenSet::load(&std::fs::read_to_string("tokens.yaml").unwrap());
 /// let verifier = Verifier::new(tokens, RequestPolicy::new(), ReqwestTransport::new()?);
 /// let verdict = verifier.verify("iam-token", challenge, raw_request, std::time::SystemTime::now()).await?;
 /// println!("{} joins as {:?}", verdict.identity().arn(), verdict.roles());
@@ -94,23 +158,27 @@ pub struct Verifier {
 }
 
 struct Inner {
-    tokens: TokenSet,
+    /// Swapped whole by [`Verifier::replace_tokens`]; each verification reads it once.
+    tokens: ArcSwap<TokenSet>,
     policy: RequestPolicy,
-    transport: Arc<dyn StsTransport>,
-    organizations: Option<Arc<OrganizationsClient>>,
     retries: u32,
     deadline: Duration,
+    #[cfg(feature = "io")]
+    transport: Option<Arc<dyn StsTransport>>,
+    #[cfg(feature = "io")]
+    organizations: Option<Arc<OrganizationsClient>>,
 }
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Verifier")
-            .field("tokens", &self.inner.tokens.len())
+        let mut d = f.debug_struct("Verifier");
+        d.field("tokens", &self.inner.tokens.load().len())
             .field("policy", &self.inner.policy)
-            .field("transport", &self.inner.transport)
             .field("retries", &self.inner.retries)
-            .field("deadline", &self.inner.deadline)
-            .finish()
+            .field("deadline", &self.inner.deadline);
+        #[cfg(feature = "io")]
+        d.field("transport", &self.inner.transport);
+        d.finish()
     }
 }
 
@@ -137,24 +205,45 @@ fn token_invalid(detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::TokenInvalid, detail)
 }
 
+/// An attacker-chosen token name as it may appear in logs and errors: at most 128 characters.
+pub(crate) fn shown_token_name(name: &str) -> String {
+    let mut s: String = name.chars().take(128).collect();
+    if s.len() < name.len() {
+        s.push_str("...");
+    }
+    s
+}
+
 impl Verifier {
+    /// A verifier for the sans-IO state machine only ([`Verifier::prepare`],
+    /// [`Verifier::conclude`], [`Verifier::resume`]), or for [`Verifier::verify_with`] with your
+    /// own HTTP stack. Default retries (2) and deadline (15 s).
+    pub fn sans_io(tokens: TokenSet, policy: RequestPolicy) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                tokens: ArcSwap::from_pointee(tokens),
+                policy,
+                retries: DEFAULT_RETRIES,
+                deadline: DEFAULT_DEADLINE,
+                #[cfg(feature = "io")]
+                transport: None,
+                #[cfg(feature = "io")]
+                organizations: None,
+            }),
+        }
+    }
+
     /// A verifier with the default retries (2) and deadline (15 s).
+    #[cfg(feature = "io")]
     pub fn new(tokens: TokenSet, policy: RequestPolicy, transport: impl StsTransport + 'static) -> Self {
         Self::with_shared_transport(tokens, policy, Arc::new(transport))
     }
 
     /// Like [`Verifier::new`], sharing a transport (and its connection pool) between verifiers.
+    #[cfg(feature = "io")]
     pub fn with_shared_transport(tokens: TokenSet, policy: RequestPolicy, transport: Arc<dyn StsTransport>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                tokens,
-                policy,
-                transport,
-                organizations: None,
-                retries: DEFAULT_RETRIES,
-                deadline: DEFAULT_DEADLINE,
-            }),
-        }
+        let v = Self::sans_io(tokens, policy);
+        v.map(|i| i.transport = Some(transport))
     }
 
     /// Retries after `sts_unavailable` outcomes (default 2), always within the request's
@@ -164,9 +253,11 @@ impl Verifier {
     }
 
     /// Evaluates organization rules (`aws_organization_id`, `aws_organizational_units`) with this
-    /// client. Without one, tokens that use them are refused with `token_invalid`.
-    pub fn organizations(self, client: OrganizationsClient) -> Self {
-        let client = Arc::new(client);
+    /// client in [`Verifier::verify`]. Without one, tokens that use them are refused with
+    /// `token_invalid` there. The client is shared, its cache with it.
+    #[cfg(feature = "io")]
+    pub fn organizations(self, client: impl Into<Arc<OrganizationsClient>>) -> Self {
+        let client = client.into();
         self.map(|i| i.organizations = Some(client))
     }
 
@@ -177,23 +268,34 @@ impl Verifier {
 
     fn map(self, f: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
-            tokens: arc.tokens.clone(),
+            tokens: ArcSwap::new(arc.tokens.load_full()),
             policy: arc.policy.clone(),
-            transport: arc.transport.clone(),
-            organizations: arc.organizations.clone(),
             retries: arc.retries,
             deadline: arc.deadline,
+            #[cfg(feature = "io")]
+            transport: arc.transport.clone(),
+            #[cfg(feature = "io")]
+            organizations: arc.organizations.clone(),
         });
         f(&mut inner);
         Self { inner: Arc::new(inner) }
     }
 
-    /// The token set.
-    pub fn tokens(&self) -> &TokenSet {
-        &self.inner.tokens
+    /// The tokens verifications use now.
+    pub fn tokens(&self) -> Arc<TokenSet> {
+        self.inner.tokens.load_full()
     }
 
-    /// Checks the token and the request without any network work.
+    /// Swaps in a new token set, for every clone of this verifier, without touching the
+    /// transport's connection pool or the Organizations cache. A verification in flight keeps
+    /// the token it started with; the next one sees the new set.
+    pub fn replace_tokens(&self, tokens: TokenSet) {
+        self.inner.tokens.store(Arc::new(tokens));
+    }
+
+    /// Checks the token and the request without any network work: the first step of the state
+    /// machine. Refuses an issued challenge shorter than [`challenge::MIN_CHALLENGE_LEN`] as
+    /// `config_invalid` before reading the request, whatever the agent signed.
     pub fn prepare(
         &self,
         token_name: &str,
@@ -201,46 +303,48 @@ impl Verifier {
         raw_request: &[u8],
         now: SystemTime,
     ) -> Result<Prepared, Error> {
-        let token = self.inner.tokens.lookup(token_name)?;
+        challenge::check_issued(challenge)?;
+        let tokens = self.inner.tokens.load();
+        let token = tokens.lookup(token_name)?.clone();
         if token.is_expired(now) {
-            return Err(token_invalid(format!("token {token_name:?} has expired")));
-        }
-        if self.inner.organizations.is_none() && token.matcher().organization_rules().next().is_some() {
-            return Err(token_invalid(format!(
-                "token {token_name:?} uses aws_organization_id rules but this verifier has no Organizations lookup configured"
-            )));
+            return Err(token_invalid(format!("token {:?} has expired", shown_token_name(token_name))));
         }
         let request = StsRequest::parse(raw_request, challenge, &self.inner.policy, now)?;
-        Ok(Prepared { token: token.clone(), request })
+        Ok(Prepared { token, request })
     }
 
-    /// Reads STS's answer to a prepared request and matches the identity against the token.
-    ///
-    /// Sans-IO, so it cannot look up organizations: when an organization rule would have to
-    /// decide, it refuses with `lookup_failed`; use [`Verifier::verify`] for such tokens.
+    /// Reads STS's answer to a prepared request and matches the identity against the token:
+    /// [`Concluded::Allowed`], a refusal, or [`Concluded::NeedsMembership`] when an organization
+    /// rule must decide (resume with [`Verifier::resume`]).
     pub fn conclude(
         &self,
         prepared: &Prepared,
         status: u16,
         content_type: Option<&str>,
         body: &[u8],
-    ) -> Result<Verdict, Error> {
+    ) -> Result<Concluded, Error> {
         let answer = read_answer(prepared, status, content_type, body)?;
-        if !organization_candidates(prepared, &answer).is_empty() {
-            return Err(Error::new(
-                ErrorKind::LookupFailed,
-                "an organization rule must decide, which needs verify (not conclude)",
-            )
-            .with_identity(answer.identity));
-        }
-        decide(prepared, answer, None)
+        step(prepared, answer)
     }
 
-    /// Verifies one join: token, request, STS round trip (with retries), identity, rules.
+    /// Finishes a verification that needed an organization membership, with the membership
+    /// looked up for [`MembershipQuery::account`].
+    pub fn resume(&self, query: MembershipQuery, membership: &Membership) -> Result<Verdict, Error> {
+        decide(&query.prepared, query.answer, Some((query.candidates, membership)))
+    }
+}
+
+/// The async drivers of the state machine: STS round trips with retries inside a deadline and the
+/// request's freshness window, organization lookups, and one `tracing` span per verification.
+#[cfg(feature = "io")]
+impl Verifier {
+    /// Verifies one join: token, request, STS round trip (with retries), identity, rules,
+    /// organization lookups. Needs a transport ([`Verifier::new`]); a verifier made with
+    /// [`Verifier::sans_io`] refuses with `config_invalid`.
     ///
     /// `now` is the wall-clock time the request's freshness and the token's expiry are judged
-    /// against; waiting is measured with a monotonic clock. Emits one `tracing` span
-    /// `iam_join.verify` with the token, outcome kind, endpoint, STS request id and timings.
+    /// against; waiting is measured with a monotonic clock. Everything, retries and transport
+    /// included, runs inside one `tracing` span `iam_join.verify` (fields in the crate docs).
     pub async fn verify(
         &self,
         token_name: &str,
@@ -248,23 +352,73 @@ impl Verifier {
         raw_request: &[u8],
         now: SystemTime,
     ) -> Result<Verdict, Error> {
+        let Some(transport) = self.inner.transport.clone() else {
+            return Err(Error::new(
+                ErrorKind::ConfigInvalid,
+                "this verifier has no transport: build it with Verifier::new, or call verify_with",
+            ));
+        };
+        let send = move |request: StsRequest| {
+            let transport = Arc::clone(&transport);
+            async move { transport.send(&request).await }
+        };
+        self.verify_with(token_name, challenge, raw_request, now, send).await
+    }
+
+    /// [`Verifier::verify`] with your own round trip: `send` makes one HTTP exchange of the
+    /// rebuilt request it is given ([`StsRequest::url`], [`StsRequest::headers`],
+    /// [`StsRequest::body`]; a copy per attempt, so its future may borrow your client freely) and
+    /// returns STS's raw answer, or an error built with [`Error::sts_unavailable`] when the
+    /// exchange failed. The crate keeps the retries, the deadline and freshness budget, the span
+    /// and the organization rules.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), iam_join::Error> {
+    /// use iam_join::{Error, RequestPolicy, StsResponse, TokenSet, Verifier};
+    /// let verifier = Verifier::sans_io(TokenSet::default(), RequestPolicy::new());
+    /// let outcome = verifier
+    ///     .verify_with("iam-token", &iam_join::challenge::generate().unwrap(), b"", std::time::SystemTime::now(), |_request| async {
+    ///         Err::<StsResponse, _>(Error::sts_unavailable("my HTTP client", std::io::Error::other("refused")))
+    ///     })
+    ///     .await;
+    /// assert_eq!(outcome.unwrap_err().kind(), iam_join::ErrorKind::TokenInvalid); // no such token
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn verify_with<S, F>(
+        &self,
+        token_name: &str,
+        challenge: &str,
+        raw_request: &[u8],
+        now: SystemTime,
+        send: S,
+    ) -> Result<Verdict, Error>
+    where
+        S: Fn(StsRequest) -> F,
+        F: std::future::Future<Output = Result<StsResponse, Error>>,
+    {
+        use tracing::Instrument as _;
+        use tracing::field::Empty;
         let span = tracing::info_span!(
             "iam_join.verify",
-            token = token_name,
+            token = shown_token_name(token_name),
             outcome = Empty,
             endpoint = Empty,
             sts_request_id = Empty,
             attempts = Empty,
             prepare_us = Empty,
             sts_us = Empty,
+            total_us = Empty,
         );
         let started = Instant::now();
-        let result = self.verify_inner(token_name, challenge, raw_request, now, &span).await;
+        let result = self.drive(token_name, challenge, raw_request, now, &send, &span).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(_) => "allowed",
             Err(e) => e.kind().as_str(),
         };
+        let total_us = started.elapsed().as_micros() as u64;
         span.record("outcome", outcome);
+        span.record("total_us", total_us);
         if let Ok(v) = &result {
             span.record("sts_request_id", v.sts_request_id());
         }
@@ -273,25 +427,37 @@ impl Verifier {
             Ok(v) => tracing::info!(
                 arn = v.identity().arn().as_str(),
                 rule = v.matched_rule(),
-                elapsed_us = started.elapsed().as_micros() as u64,
+                elapsed_us = total_us,
                 "join allowed"
             ),
-            Err(e) => tracing::info!(error = %e, elapsed_us = started.elapsed().as_micros() as u64, "join refused"),
+            Err(e) => tracing::info!(error = %e, elapsed_us = total_us, "join refused"),
         }
         result
     }
 
-    async fn verify_inner(
+    async fn drive<S, F>(
         &self,
         token_name: &str,
         challenge: &str,
         raw_request: &[u8],
         now: SystemTime,
+        send: &S,
         span: &tracing::Span,
-    ) -> Result<Verdict, Error> {
+    ) -> Result<Verdict, Error>
+    where
+        S: Fn(StsRequest) -> F,
+        F: std::future::Future<Output = Result<StsResponse, Error>>,
+    {
         let t0 = Instant::now();
-        let prepared = self.prepare(token_name, challenge, raw_request, now)?;
+        let prepared = self.prepare(token_name, challenge, raw_request, now);
         span.record("prepare_us", t0.elapsed().as_micros() as u64);
+        let prepared = prepared?;
+        if self.inner.organizations.is_none() && prepared.token.matcher().organization_rules().next().is_some() {
+            return Err(token_invalid(format!(
+                "token {:?} uses aws_organization_id rules but this verifier has no Organizations lookup configured",
+                shown_token_name(token_name)
+            )));
+        }
         span.record("endpoint", prepared.request.endpoint().host());
 
         // Retries stop at the deadline and before the request would no longer be fresh.
@@ -299,7 +465,7 @@ impl Verifier {
         let fresh_for = self.inner.policy.skew().saturating_sub(age);
         let budget = self.inner.deadline.min(fresh_for.max(Duration::from_millis(1)));
         let t1 = Instant::now();
-        let outcome = tokio::time::timeout(budget, self.round_trips(&prepared, t1, budget, span)).await;
+        let outcome = tokio::time::timeout(budget, self.round_trips(&prepared, t1, budget, span, send)).await;
         span.record("sts_us", t1.elapsed().as_micros() as u64);
         let answer = match outcome {
             Ok(r) => r?,
@@ -311,38 +477,41 @@ impl Verifier {
                 .with_retryable(true));
             }
         };
-        let candidates = organization_candidates(&prepared, &answer);
-        let membership = match (&self.inner.organizations, candidates.is_empty()) {
-            (_, true) => None,
-            (None, false) => return Err(token_invalid("token uses organization rules but no lookup is configured")),
-            (Some(client), false) => {
-                let id = &answer.identity;
-                match client.membership(id.arn().partition(), *id.account(), now).await {
-                    Ok(m) => Some(m),
-                    Err(e) => return Err(e.with_identity(answer.identity)),
+        match step(&prepared, answer)? {
+            Concluded::Allowed(verdict) => Ok(verdict),
+            Concluded::NeedsMembership(query) => {
+                let client = self
+                    .inner
+                    .organizations
+                    .as_ref()
+                    .ok_or_else(|| token_invalid("token uses organization rules but no lookup is configured"))?;
+                match client.membership(query.partition(), query.account(), now).await {
+                    Ok(m) => self.resume(query, &m),
+                    Err(e) => Err(e.with_identity(query.answer.identity)),
                 }
             }
-        };
-        decide(&prepared, answer, membership.map(|m| (candidates, m)))
+        }
     }
 
     /// Sends and parses until an answer that is not a retryable `sts_unavailable` (connection
     /// failures, throttling, 5xx), or the retries run out.
-    async fn round_trips(
+    async fn round_trips<S, F>(
         &self,
         prepared: &Prepared,
         start: Instant,
         budget: Duration,
         span: &tracing::Span,
-    ) -> Result<StsAnswer, Error> {
+        send: &S,
+    ) -> Result<StsAnswer, Error>
+    where
+        S: Fn(StsRequest) -> F,
+        F: std::future::Future<Output = Result<StsResponse, Error>>,
+    {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             span.record("attempts", attempt);
-            let result = self
-                .inner
-                .transport
-                .send(&prepared.request)
+            let result = send(prepared.request.clone())
                 .await
                 .and_then(|r| read_answer(prepared, r.status, r.content_type.as_deref(), &r.body));
             let err = match result {
@@ -371,12 +540,21 @@ fn organization_candidates(prepared: &Prepared, answer: &StsAnswer) -> Vec<usize
     candidates
 }
 
+/// One step of the machine after STS answered: decide now, or ask for a membership.
+fn step(prepared: &Prepared, answer: StsAnswer) -> Result<Concluded, Error> {
+    let candidates = organization_candidates(prepared, &answer);
+    if candidates.is_empty() {
+        return decide(prepared, answer, None).map(Concluded::Allowed);
+    }
+    Ok(Concluded::NeedsMembership(MembershipQuery { prepared: prepared.clone(), answer, candidates }))
+}
+
 /// Matches a verified identity against the prepared token's rules, with the looked-up membership
 /// for the organization candidates when there are any.
 fn decide(
     prepared: &Prepared,
     answer: StsAnswer,
-    organizations: Option<(Vec<usize>, Membership)>,
+    organizations: Option<(Vec<usize>, &Membership)>,
 ) -> Result<Verdict, Error> {
     let identity = answer.identity;
     let rules = prepared.token.rules();
@@ -399,6 +577,7 @@ fn decide(
 }
 
 /// Exponential backoff from 100 ms with up to 100% random jitter.
+#[cfg(feature = "io")]
 fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_millis(100) * 2u32.saturating_pow(attempt.saturating_sub(1)).min(16);
     let mut b = [0u8; 2];

@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
 use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
 use iam_join::organizations::OrganizationsClient;
-use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
+use iam_join::{
+    Concluded, EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, StsTransport, TokenSet, Verifier,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -195,31 +197,80 @@ spec:
 }
 
 async fn setup(mode: Mode) -> (StsEmulator, Arc<AtomicUsize>, Verifier) {
+    let (sts, org_count, v, _) = setup_both(mode).await;
+    (sts, org_count, v)
+}
+
+/// The async verifier, and the same setup driven by hand through the sans-IO state machine.
+async fn setup_both(mode: Mode) -> (StsEmulator, Arc<AtomicUsize>, Verifier, SansIo) {
     let sts = StsEmulator::start(principals()).await.unwrap();
     let (org_url, org_count) = organizations(mode).await;
     let sts_transport =
-        ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap();
+        Arc::new(ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap());
     let org_transport = ReqwestTransport::builder()
         .endpoint_override(EndpointOverride::Url(org_url))
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
     let reader = Credentials::new("AKIAORGREADER000000", "org-reader-secret", None);
-    let v = Verifier::new(tokens(), RequestPolicy::new(), sts_transport)
-        .organizations(OrganizationsClient::new(reader, org_transport));
-    (sts, org_count, v)
+    let client = Arc::new(OrganizationsClient::new(reader, org_transport));
+    let v = Verifier::with_shared_transport(tokens(), RequestPolicy::new(), sts_transport.clone())
+        .organizations(client.clone());
+    let sans_io = SansIo { v: Verifier::sans_io(tokens(), RequestPolicy::new()), sts: sts_transport, client };
+    (sts, org_count, v, sans_io)
 }
 
-async fn join(v: &Verifier, token: &str, account: &str) -> Result<iam_join::Verdict, iam_join::Error> {
+/// A caller with its own loop: prepare, send, conclude, and when asked, look the membership up
+/// and resume. It uses only the public API.
+struct SansIo {
+    v: Verifier,
+    sts: Arc<ReqwestTransport>,
+    client: Arc<OrganizationsClient>,
+}
+
+impl SansIo {
+    async fn verify(
+        &self,
+        token: &str,
+        c: &str,
+        raw: &[u8],
+        now: SystemTime,
+    ) -> Result<iam_join::Verdict, iam_join::Error> {
+        let prepared = self.v.prepare(token, c, raw, now)?;
+        let answer = self.sts.send(prepared.request()).await?;
+        match self.v.conclude(&prepared, answer.status, answer.content_type.as_deref(), &answer.body)? {
+            Concluded::Allowed(verdict) => Ok(verdict),
+            Concluded::NeedsMembership(query) => {
+                let membership = self.client.membership(query.partition(), query.account(), now).await;
+                match membership {
+                    Ok(m) => self.v.resume(query, &m),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
+
+fn signed(account: &str) -> (String, Vec<u8>) {
     let c = iam_join::challenge::generate().unwrap();
     let creds = Credentials::new(key(account), format!("secret-{account}"), None);
     let raw = sign_join_request(&creds, &JoinRequest::new(&c), SystemTime::now()).unwrap();
+    (c, raw)
+}
+
+async fn join(v: &Verifier, token: &str, account: &str) -> Result<iam_join::Verdict, iam_join::Error> {
+    let (c, raw) = signed(account);
     v.verify(token, &c, &raw, SystemTime::now()).await
+}
+
+async fn join_sans_io(d: &SansIo, token: &str, account: &str) -> Result<iam_join::Verdict, iam_join::Error> {
+    let (c, raw) = signed(account);
+    d.verify(token, &c, &raw, SystemTime::now()).await
 }
 
 #[tokio::test]
 async fn include_exclude_star_nesting_and_outsiders() {
-    let (_sts, _org, v) = setup(Mode::Normal).await;
+    let (_sts, org, v, sans_io) = setup_both(Mode::Normal).await;
     let table: &[(&str, &str, bool)] = &[
         ("prod-not-web", "333333333333", true),  // directly under the included OU
         ("prod-not-web", "222222222222", false), // nested under it, but also under the excluded OU
@@ -233,17 +284,21 @@ async fn include_exclude_star_nesting_and_outsiders() {
         ("dev-users-only", "444444444444", true), // organization AND the ARN pattern
         ("dev-users-only", "333333333333", false),
     ];
-    for &(token, account, allowed) in table {
-        let r = join(&v, token, account).await;
-        match (allowed, r) {
-            (true, Ok(verdict)) => assert_eq!(verdict.matched_rule(), 0),
-            (false, Err(e)) => {
-                assert_eq!(e.kind(), ErrorKind::NotAllowed, "{token} {account}: {e}");
-                assert!(e.identity().is_some());
+    // The same table through verify and through the sans-IO state machine driven by hand.
+    for sans in [false, true] {
+        for &(token, account, allowed) in table {
+            let r = if sans { join_sans_io(&sans_io, token, account).await } else { join(&v, token, account).await };
+            match (allowed, r) {
+                (true, Ok(verdict)) => assert_eq!(verdict.matched_rule(), 0),
+                (false, Err(e)) => {
+                    assert_eq!(e.kind(), ErrorKind::NotAllowed, "{token} {account} (sans-IO: {sans}): {e}");
+                    assert!(e.identity().is_some());
+                }
+                (want, got) => panic!("{token} {account} (sans-IO: {sans}): wanted allowed={want}, got {got:?}"),
             }
-            (want, got) => panic!("{token} {account}: wanted allowed={want}, got {got:?}"),
         }
     }
+    assert!(org.load(Ordering::SeqCst) > 0, "organization rules were looked up");
 }
 
 #[tokio::test]
@@ -256,6 +311,10 @@ async fn lookups_are_cached_and_skipped_when_not_needed() {
         join(&v, "whole-org", "333333333333").await.unwrap();
     }
     assert_eq!(org.load(Ordering::SeqCst), after_first, "cached");
+    // A token set swapped in keeps the Organizations cache (and the transport's pool).
+    v.replace_tokens(tokens());
+    join(&v, "whole-org", "333333333333").await.unwrap();
+    assert_eq!(org.load(Ordering::SeqCst), after_first, "still cached after replace_tokens");
     // A rule whose cheaper fields fail never looks up.
     join(&v, "dev-users-only", "222222222222").await.unwrap_err();
     assert_eq!(org.load(Ordering::SeqCst), after_first);
@@ -269,12 +328,14 @@ async fn lookup_failures_refuse_with_lookup_failed() {
     for (mode, retryable, says) in
         [(Mode::Denied, false, "organizations:DescribeAccount"), (Mode::Throttled, true, "throttled")]
     {
-        let (_sts, _org, v) = setup(mode).await;
+        let (_sts, _org, v, sans_io) = setup_both(mode).await;
         let e = join(&v, "whole-org", "333333333333").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::LookupFailed, "{e}");
         assert_eq!(e.is_retryable(), retryable);
         assert!(e.detail().contains(says), "{e}");
         assert!(e.identity().is_some(), "the verified identity is kept for audit");
+        let e = join_sans_io(&sans_io, "whole-org", "333333333333").await.unwrap_err();
+        assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::LookupFailed, retryable), "sans-IO: {e}");
     }
     // Unreachable.
     let sts = StsEmulator::start(principals()).await.unwrap();

@@ -224,7 +224,127 @@ async fn sans_io_prepare_and_conclude() {
     // The recorded identity is in account 123456789012, which this token does not allow.
     let e = v.conclude(&prepared, 200, Some("text/xml"), &body).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotAllowed);
+    assert_eq!(e.identity().unwrap().account().as_str(), "123456789012");
     let body = br#"{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Account":"333333333333","Arn":"arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-1","UserId":"AROAEXAMPLEROLEID0001:i-1"}}}"#;
-    let verdict = v.conclude(&prepared, 200, Some("application/json"), body).unwrap();
+    let verdict = v.conclude(&prepared, 200, Some("application/json"), body).unwrap().into_verdict().unwrap();
     assert_eq!(verdict.matched_rule(), 1);
+}
+
+/// A server that looked a missing challenge up as "" (or issued a short one) must not admit an
+/// agent that signed exactly that value: the verifier refuses the issued challenge itself, as a
+/// setup mistake, before reading the request or sending anything.
+#[tokio::test]
+async fn empty_or_short_issued_challenges_are_refused_even_when_signed() {
+    let (sts, v) = setup().await;
+    for issued in ["", "short", &"x".repeat(iam_join::challenge::MIN_CHALLENGE_LEN - 1)] {
+        let raw = sign(&user(), JoinRequest::new(issued));
+        let e = v.verify("iam-token", issued, &raw, SystemTime::now()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "{issued:?}: {e}");
+        assert!(e.detail().contains("at least 22 characters"), "{e}");
+        assert!(!e.to_string().contains(issued) || issued.is_empty(), "the challenge is not echoed");
+    }
+    assert_eq!(sts.requests(), 0);
+    // Positive control: the shortest accepted challenge, signed, joins.
+    let issued = "x".repeat(iam_join::challenge::MIN_CHALLENGE_LEN);
+    let raw = sign(&user(), JoinRequest::new(&issued));
+    v.verify("iam-token", &issued, &raw, SystemTime::now()).await.unwrap();
+}
+
+/// A transport of the caller's own, built only from the public API, that cannot connect:
+/// the refusal is `sts_unavailable`, retryable, with the connection error as its source.
+#[derive(Debug)]
+struct OwnTransport(std::net::SocketAddr);
+
+impl iam_join::StsTransport for OwnTransport {
+    fn send<'a>(
+        &'a self,
+        _request: &'a iam_join::StsRequest,
+    ) -> iam_join::BoxFuture<'a, Result<iam_join::StsResponse, iam_join::Error>> {
+        Box::pin(async move {
+            match tokio::net::TcpStream::connect(self.0).await {
+                Ok(_) => unreachable!("the port is closed"),
+                Err(e) => Err(iam_join::Error::sts_unavailable("own transport", e)),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_custom_transport_reports_a_refused_connection_as_sts_unavailable_with_its_cause() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let v = Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), OwnTransport(addr)).retries(1);
+    let c = iam_join::challenge::generate().unwrap();
+    let e = v.verify("iam-token", &c, &sign(&user(), JoinRequest::new(&c)), SystemTime::now()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::StsUnavailable, "{e}");
+    assert!(e.is_retryable());
+    assert!(e.detail().starts_with("own transport could not reach STS"), "{e}");
+    let source = std::error::Error::source(&e).expect("the cause is kept");
+    let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    // The same through verify_with on a verifier without a transport.
+    let v = Verifier::sans_io(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new()).retries(0);
+    let own = OwnTransport(addr);
+    let e = v
+        .verify_with("iam-token", &c, &sign(&user(), JoinRequest::new(&c)), SystemTime::now(), |r| {
+            let own = &own;
+            async move { iam_join::StsTransport::send(own, &r).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::StsUnavailable);
+    // verify on a verifier without a transport is a setup mistake, not a join outcome.
+    let e = v.verify("iam-token", &c, b"", SystemTime::now()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
+}
+
+/// Two token sets that name the same token: which set a verdict came from shows in its roles
+/// and its matched rule together, so a verification that mixed the sets would show.
+const SET_A: &str = "kind: token\nversion: v2\nmetadata:\n  name: iam-token\nspec:\n  roles: [Node]\n  join_method: iam\n  allow:\n  - aws_account: \"111111111111\"\n";
+const SET_B: &str = "kind: token\nversion: v2\nmetadata:\n  name: iam-token\nspec:\n  roles: [Kube]\n  join_method: iam\n  allow:\n  - aws_account: \"999999999999\"\n  - aws_account: \"111111111111\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_tokens_under_64_concurrent_verifications_loses_and_mixes_nothing() {
+    use iam_join::Role;
+    let (sts, v) = setup().await;
+    v.replace_tokens(TokenSet::from_yaml(SET_A).unwrap());
+    let (a, b) = (TokenSet::from_yaml(SET_A).unwrap(), TokenSet::from_yaml(SET_B).unwrap());
+    let swapper = {
+        let v = v.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                v.replace_tokens(if i % 2 == 0 { b.clone() } else { a.clone() });
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let v = v.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let c = iam_join::challenge::generate().unwrap();
+                let raw = sign(&user(), JoinRequest::new(&c));
+                let verdict = v.verify("iam-token", &c, &raw, SystemTime::now()).await.expect("no join is lost");
+                seen.push((verdict.roles().to_vec(), verdict.matched_rule()));
+            }
+            seen
+        }));
+    }
+    let (mut from_a, mut from_b) = (0, 0);
+    for t in tasks {
+        for (roles, rule) in t.await.unwrap() {
+            match (roles.as_slice(), rule) {
+                ([Role::Node], 0) => from_a += 1,
+                ([Role::Kube], 1) => from_b += 1,
+                other => panic!("a verdict mixed the token sets: {other:?}"),
+            }
+        }
+    }
+    swapper.await.unwrap();
+    assert_eq!(from_a + from_b, 256);
+    assert_eq!(sts.requests(), 256);
+    assert!(from_a > 0 && from_b > 0, "both sets served joins ({from_a} / {from_b})");
 }
