@@ -317,7 +317,10 @@ impl OrganizationsClient {
             [("host", host), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", target.as_str())];
         let added = sign_headers(&self.credentials, "organizations", region, host, &headers, body.as_bytes(), now)?;
         let all = headers.iter().copied().chain(added.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        self.transport.post(host, all, body.into_bytes()).await.map_err(|e| e.into_kind(ErrorKind::LookupFailed))
+        self.transport
+            .post("Organizations", host, all, body.into_bytes(), MAX_ORGANIZATIONS_RESPONSE_BYTES)
+            .await
+            .map_err(|e| e.into_kind(ErrorKind::LookupFailed))
     }
 }
 

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::request::StsRequest;
 use crate::response::MAX_STS_RESPONSE_BYTES;
@@ -91,7 +90,19 @@ impl Default for ReqwestTransportBuilder {
 }
 
 fn config_error(detail: impl Into<String>) -> Error {
-    Error::new(ErrorKind::StsUnavailable, detail).with_retryable(false)
+    Error::config_invalid(detail)
+}
+
+/// Resolves every name to one address: how [`EndpointOverride::Address`] applies to every
+/// service the transport carries (STS and Organizations alike), whatever the host name.
+#[derive(Debug)]
+struct OneAddress(SocketAddr);
+
+impl reqwest::dns::Resolve for OneAddress {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addr = self.0;
+        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
+    }
 }
 
 impl ReqwestTransportBuilder {
@@ -159,10 +170,7 @@ impl ReqwestTransportBuilder {
         match &self.endpoint_override {
             None => builder = builder.https_only(true),
             Some(EndpointOverride::Address(addr)) => {
-                builder = builder.https_only(true);
-                for e in Endpoint::all() {
-                    builder = builder.resolve(e.host(), *addr);
-                }
+                builder = builder.https_only(true).dns_resolver(OneAddress(*addr));
             }
             Some(EndpointOverride::Url(url)) => {
                 let parsed = reqwest::Url::parse(url)
@@ -215,18 +223,22 @@ impl ReqwestTransport {
     }
 
     async fn exchange(&self, request: &StsRequest) -> Result<StsResponse, Error> {
-        self.post(request.endpoint().host(), request.headers(), request.body().to_vec()).await
+        let (host, body) = (request.endpoint().host(), request.body().to_vec());
+        self.post("STS", host, request.headers(), body, MAX_STS_RESPONSE_BYTES).await
     }
 
     /// POSTs `body` to `https://{host}/` (or the override) with exactly these headers, `Host`
-    /// included, under the same rules as STS requests: verified TLS, no redirects, timeouts, the
-    /// body read up to the cap. Failures are retryable `sts_unavailable` errors; callers for other
-    /// services re-kind them.
+    /// included, under the same rules for every AWS service it carries: verified TLS, no
+    /// redirects, timeouts, the body read up to `max_body` (+1 byte, for the parser to refuse).
+    /// Failures are retryable `sts_unavailable` errors worded for `service`; callers for other
+    /// services re-kind them, keeping the source.
     pub(crate) async fn post<'h>(
         &self,
+        service: &'static str,
         host: &str,
         headers: impl Iterator<Item = (&'h str, &'h str)>,
         body: Vec<u8>,
+        max_body: usize,
     ) -> Result<StsResponse, Error> {
         let url = match &self.base {
             Some(base) => base.clone(),
@@ -242,15 +254,16 @@ impl ReqwestTransport {
                 req = req.header(name, value);
             }
         }
+        let unavailable = |e| unavailable(service, e);
         let mut resp = req.send().await.map_err(unavailable)?;
         let status = resp.status().as_u16();
         let content_type =
             resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(unavailable)? {
-            let room = MAX_STS_RESPONSE_BYTES + 1 - body.len();
+            let room = max_body + 1 - body.len();
             body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() > MAX_STS_RESPONSE_BYTES {
+            if body.len() > max_body {
                 break; // stop reading: the parser refuses it as oversized
             }
         }
@@ -258,7 +271,7 @@ impl ReqwestTransport {
     }
 }
 
-fn unavailable(e: reqwest::Error) -> Error {
+fn unavailable(service: &str, e: reqwest::Error) -> Error {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -268,7 +281,7 @@ fn unavailable(e: reqwest::Error) -> Error {
     } else {
         "failed"
     };
-    Error::new(ErrorKind::StsUnavailable, format!("STS request {what}")).with_retryable(true).with_source(e)
+    Error::new(ErrorKind::StsUnavailable, format!("{service} request {what}")).with_retryable(true).with_source(e)
 }
 
 impl StsTransport for ReqwestTransport {

@@ -346,3 +346,47 @@ async fn tls_untrusted_ca_is_refused() {
     assert_eq!(r.unwrap_err().kind(), ErrorKind::StsUnavailable);
     assert!(server.seen.lock().unwrap().is_empty());
 }
+
+/// EndpointOverride::Address applies to Organizations calls too (it used to resolve only STS
+/// host names, so Organizations calls went to the real host): the call reaches the loopback TLS
+/// server with the Organizations host as SNI and Host, over a certificate verified for it.
+#[tokio::test]
+async fn organizations_calls_honour_the_address_override() {
+    use iam_join::organizations::OrganizationsClient;
+    const HOST: &str = "organizations.us-east-1.amazonaws.com";
+    let server = tls_server(&[HOST]).await;
+    let transport = ReqwestTransport::builder()
+        .endpoint_override(EndpointOverride::Address(server.addr))
+        .trust_roots(TrustRoots::Custom(vec![server.ca_der.clone()]))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let reader = iam_join::agent::Credentials::new("AKIAORGREADER000000", "org-reader-secret", None);
+    let client = OrganizationsClient::new(reader, transport);
+    let account = iam_join::AccountId::parse("333333333333").unwrap();
+    // The server answers STS XML, which is no DescribeAccount answer: refused after the call.
+    let e = client.membership(iam_join::Partition::Aws, account, SystemTime::now()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LookupFailed, "{e}");
+    assert!(e.detail().contains("DescribeAccount"), "{e}");
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "the call reached the override address");
+    assert_eq!(seen[0].0.as_deref(), Some(HOST));
+    let head = seen[0].1.to_ascii_lowercase();
+    assert!(head.contains(&format!("\r\nhost: {HOST}\r\n")), "{head}");
+    assert!(head.contains("x-amz-target: awsorganizationsv20161128.describeaccount"), "{head}");
+
+    // A closed override address: the error names Organizations, not STS, and keeps its cause.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let transport = ReqwestTransport::builder().endpoint_override(EndpointOverride::Address(dead)).build().unwrap();
+    let reader = iam_join::agent::Credentials::new("AKIAORGREADER000000", "org-reader-secret", None);
+    let e = OrganizationsClient::new(reader, transport)
+        .membership(iam_join::Partition::Aws, account, SystemTime::now())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LookupFailed);
+    assert!(e.detail().starts_with("Organizations request could not connect"), "{e}");
+    assert!(!e.detail().contains("STS"), "{e}");
+    assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+}
