@@ -132,6 +132,8 @@ pub struct StsRequest {
     access_key_id: String,
     signed_at: SystemTime,
     accept_json: bool,
+    /// The index in `spans` of the signed challenge header.
+    challenge_at: usize,
 }
 
 fn malformed(detail: impl Into<String>) -> Error {
@@ -209,6 +211,25 @@ impl StsRequest {
     /// Every refusal is one of `malformed_request`, `untrusted_endpoint`, `challenge_mismatch`,
     /// `request_expired`.
     pub fn parse(raw: &[u8], challenge: &str, policy: &RequestPolicy, now: SystemTime) -> Result<Self, Error> {
+        Self::parse_checked(raw, Some(challenge), policy, now)
+    }
+
+    /// Every check of [`StsRequest::parse`] but the comparison with an issued challenge, and the
+    /// challenge value the agent signed: for servers whose envelope does not carry the
+    /// challenge, to look it up (and check its MAC or expiry) before verifying. The value is the
+    /// agent's claim until [`StsRequest::parse`] (or `Verifier::prepare`) compares it with what
+    /// was issued; never skip that step.
+    ///
+    /// ```
+    /// let raw = b"GET / HTTP/1.1\r\n\r\n";
+    /// let e = iam_join::StsRequest::peek_challenge(raw, &iam_join::RequestPolicy::new(), std::time::SystemTime::now());
+    /// assert_eq!(e.unwrap_err().kind(), iam_join::ErrorKind::MalformedRequest);
+    /// ```
+    pub fn peek_challenge(raw: &[u8], policy: &RequestPolicy, now: SystemTime) -> Result<String, Error> {
+        Self::parse_checked(raw, None, policy, now).map(|r| r.signed_challenge().to_owned())
+    }
+
+    fn parse_checked(raw: &[u8], challenge: Option<&str>, policy: &RequestPolicy, now: SystemTime) -> Result<Self, Error> {
         // httparse finds the end of the head itself; it only ever sees the first 16 KiB.
         let window = &raw[..raw.len().min(MAX_HEAD_BYTES)];
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -357,12 +378,15 @@ impl StsRequest {
         if !auth.signed_headers.contains(&challenge_name) {
             return Err(challenge_mismatch(format!("{challenge_name} is not among the signed headers")));
         }
-        if !challenge::matches(received, challenge) {
+        if let Some(challenge) = challenge
+            && !challenge::matches(received, challenge)
+        {
             return Err(challenge_mismatch(format!("{challenge_name} does not hold the challenge this server issued")));
         }
         let accept_json = headers.values("accept").next().is_some_and(|v| v.eq_ignore_ascii_case("application/json"))
             && auth.signed_headers.contains(&"accept");
         let mut out = Rebuilt::with_capacity(head_len + 64, auth.signed_headers.len() + 2);
+        let challenge_at = auth.signed_headers.iter().position(|&n| n == challenge_name).unwrap_or_default();
         for (&name, &value) in auth.signed_headers.iter().zip(&signed_values) {
             out.push(name, if name == challenge_name { received } else { value });
         }
@@ -379,7 +403,15 @@ impl StsRequest {
             access_key_id: auth.access_key_id.to_owned(),
             signed_at,
             accept_json,
+            challenge_at,
         })
+    }
+
+    /// The challenge value the agent signed (equal to the issued one when this request came from
+    /// [`StsRequest::parse`]).
+    pub fn signed_challenge(&self) -> &str {
+        let (_, _, start, end) = self.spans[self.challenge_at];
+        &self.head[usize::from(start)..usize::from(end)]
     }
 
     /// The validated STS endpoint the request is signed for.

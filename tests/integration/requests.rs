@@ -244,3 +244,22 @@ fn every_aws_regional_host_passes_when_signed_for_its_region() {
     }
     assert!(n >= 70);
 }
+
+/// A server whose envelope does not carry the challenge peeks at the signed value, looks it up,
+/// and then verifies against what it issued; peeking never accepts an unsigned challenge.
+#[test]
+fn peek_returns_the_signed_challenge_after_every_other_check() {
+    let policy = RequestPolicy::new();
+    let peeked = StsRequest::peek_challenge(teleport().as_bytes(), &policy, signed_at()).unwrap();
+    assert_eq!(peeked, challenge());
+    let parsed = StsRequest::parse(teleport().as_bytes(), &peeked, &policy, signed_at()).unwrap();
+    assert_eq!(parsed.signed_challenge(), challenge());
+    // An unsigned challenge header is no challenge, peeked or not.
+    let unsigned = teleport().replace(";x-teleport-challenge", "");
+    let e = StsRequest::peek_challenge(unsigned.as_bytes(), &policy, signed_at()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ChallengeMismatch, "{e}");
+    // Every other check still runs: a stale request is refused before any challenge is read.
+    let e = StsRequest::peek_challenge(teleport().as_bytes(), &policy, signed_at() + Duration::from_secs(3600))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RequestExpired);
+}
