@@ -69,6 +69,14 @@ impl ErrorKind {
     ];
 }
 
+/// The stable string, e.g. `"not_allowed"`.
+#[cfg(feature = "serialize")]
+impl serde::Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

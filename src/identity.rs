@@ -44,3 +44,16 @@ impl fmt::Debug for CallerIdentity {
             .finish()
     }
 }
+
+/// `{"account": "...", "arn": "...", "user_id": "..."}`.
+#[cfg(feature = "serialize")]
+impl serde::Serialize for CallerIdentity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("CallerIdentity", 3)?;
+        st.serialize_field("account", self.account.as_str())?;
+        st.serialize_field("arn", self.arn.as_str())?;
+        st.serialize_field("user_id", &self.user_id)?;
+        st.end()
+    }
+}

@@ -106,6 +106,14 @@ impl Role {
     }
 }
 
+/// The canonical name, e.g. `"Kube"`.
+#[cfg(feature = "serialize")]
+impl serde::Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -68,6 +68,22 @@ impl Verdict {
     }
 }
 
+/// `{"allowed": true, "token", "roles", "identity", "matched_rule"}`: what `iam-join verify`
+/// prints for an allowed join. STS's request id is left out (it is for the server's log).
+#[cfg(feature = "serialize")]
+impl serde::Serialize for Verdict {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("Verdict", 5)?;
+        st.serialize_field("allowed", &true)?;
+        st.serialize_field("token", &self.token)?;
+        st.serialize_field("roles", &self.roles)?;
+        st.serialize_field("identity", &self.identity)?;
+        st.serialize_field("matched_rule", &self.matched_rule)?;
+        st.end()
+    }
+}
+
 /// The first half of a sans-IO verification: the token is usable and the request valid. Send
 /// [`Prepared::request`] with your own HTTP stack, then call [`Verifier::conclude`]. It holds the
 /// token as it was when prepared, so a token set swapped in meanwhile cannot mix into this join.
