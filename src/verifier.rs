@@ -319,6 +319,24 @@ impl Verifier {
         raw_request: &[u8],
         now: SystemTime,
     ) -> Result<Prepared, Error> {
+        let span = tracing::info_span!(
+            "iam_join.prepare",
+            token = shown_token_name(token_name),
+            outcome = tracing::field::Empty
+        );
+        let _enter = span.enter();
+        let result = self.prepare_unspanned(token_name, challenge, raw_request, now);
+        span.record("outcome", result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "prepared"));
+        result
+    }
+
+    fn prepare_unspanned(
+        &self,
+        token_name: &str,
+        challenge: &str,
+        raw_request: &[u8],
+        now: SystemTime,
+    ) -> Result<Prepared, Error> {
         challenge::check_issued(challenge)?;
         let tokens = self.inner.tokens.load();
         let token = tokens.lookup(token_name)?.clone();
@@ -339,8 +357,18 @@ impl Verifier {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<Concluded, Error> {
-        let answer = read_answer(prepared, status, content_type, body)?;
-        step(prepared, answer)
+        let span = tracing::info_span!("iam_join.conclude", outcome = tracing::field::Empty);
+        let _enter = span.enter();
+        let result = read_answer(prepared, status, content_type, body).and_then(|answer| step(prepared, answer));
+        span.record(
+            "outcome",
+            match &result {
+                Ok(Concluded::Allowed(_)) => "allowed",
+                Ok(Concluded::NeedsMembership(_)) => "needs_membership",
+                Err(e) => e.kind().as_str(),
+            },
+        );
+        result
     }
 
     /// Finishes a verification that needed an organization membership, with the membership
