@@ -75,6 +75,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `io` | yes | the reqwest/rustls transport, the Organizations client and cache, [`Verifier::verify`] and [`Verifier::verify_with`]. Without it the crate is the pure core and the state machine: no tokio, reqwest, hyper, rustls or ring |
+//! | `http` | no | conversions between [`StsRequest`]/[`StsResponse`] and the `http` crate's `Request`/`Response` |
 //! | `serialize` | no | `serde::Serialize` for [`Verdict`], [`CallerIdentity`], [`ErrorKind`] and [`Role`] |
 //! | `agent` | no | `agent::sign_join_request`: the joining side, signed with `aws-sigv4`, written like Go's `Request.Write` |
 //! | `emulator` | no | `emulator::StsEmulator`: a loopback STS that checks SigV4, for tests and demos |
@@ -150,14 +151,14 @@ pub use matcher::{Check, Explanation, RuleMatcher, RuleOutcome};
 pub use membership::Membership;
 pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};
 pub use response::{
-    MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer, parse_sts_response,
+    MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer, StsResponse, parse_sts_response,
 };
 pub use rule::{MAX_ARN_PATTERN_LEN, OrganizationalUnits, OuInclude, Rule};
 pub use token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, Role, Token, TokenSet};
 #[cfg(feature = "io")]
 pub use transport::{
     BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride, ReqwestTransport,
-    ReqwestTransportBuilder, StsResponse, StsTransport, TrustRoots,
+    ReqwestTransportBuilder, StsTransport, TrustRoots,
 };
 pub use verifier::{Concluded, DEFAULT_DEADLINE, DEFAULT_RETRIES, MembershipQuery, Prepared, Verdict, Verifier};
 

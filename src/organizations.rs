@@ -15,8 +15,9 @@ use crate::arn::{AccountId, Partition};
 use crate::credentials::{Credentials, sign_headers};
 use crate::error::{Error, ErrorKind};
 pub use crate::membership::Membership;
+use crate::response::StsResponse;
 use crate::rule::is_org_id;
-use crate::transport::{ReqwestTransport, StsResponse};
+use crate::transport::ReqwestTransport;
 
 /// Default time a looked-up membership is trusted.
 pub const DEFAULT_ORG_CACHE_TTL: Duration = Duration::from_secs(5 * 60);

@@ -229,7 +229,12 @@ impl StsRequest {
         Self::parse_checked(raw, None, policy, now).map(|r| r.signed_challenge().to_owned())
     }
 
-    fn parse_checked(raw: &[u8], challenge: Option<&str>, policy: &RequestPolicy, now: SystemTime) -> Result<Self, Error> {
+    fn parse_checked(
+        raw: &[u8],
+        challenge: Option<&str>,
+        policy: &RequestPolicy,
+        now: SystemTime,
+    ) -> Result<Self, Error> {
         // httparse finds the end of the head itself; it only ever sees the first 16 KiB.
         let window = &raw[..raw.len().min(MAX_HEAD_BYTES)];
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -412,6 +417,19 @@ impl StsRequest {
     pub fn signed_challenge(&self) -> &str {
         let (_, _, start, end) = self.spans[self.challenge_at];
         &self.head[usize::from(start)..usize::from(end)]
+    }
+
+    /// The rebuilt request as an `http::Request`: `POST https://<host>/` with exactly the
+    /// headers of [`StsRequest::headers`] (`host` and `content-length` included) and the fixed
+    /// body, for an HTTP stack built on the `http` crate.
+    #[cfg(feature = "http")]
+    pub fn to_http(&self) -> Result<http::Request<Vec<u8>>, Error> {
+        let mut b = http::Request::builder().method(http::Method::POST).uri(self.url());
+        for (name, value) in self.headers() {
+            b = b.header(name, value);
+        }
+        // Every name and value passed validation, so this cannot fail; map it all the same.
+        b.body(self.body().to_vec()).map_err(|e| malformed(format!("request cannot be built: {e}")))
     }
 
     /// The validated STS endpoint the request is signed for.

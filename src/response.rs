@@ -83,6 +83,29 @@ fn user_id_mismatch(arn: &Arn, user_id: &str) -> Option<&'static str> {
     })
 }
 
+/// STS's raw answer: what [`crate::parse_sts_response`] takes. The body holds at most
+/// [`MAX_STS_RESPONSE_BYTES`] + 1 bytes when the crate's transport read it: reading stops there,
+/// so an oversized answer is seen as such without being read whole. A transport of your own
+/// should stop reading there too; a longer body is refused all the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The body, capped.
+    pub body: Vec<u8>,
+}
+
+#[cfg(feature = "http")]
+impl From<http::Response<Vec<u8>>> for StsResponse {
+    /// STS's answer from an `http` response: status, `Content-Type` (when it is text) and body.
+    fn from(r: http::Response<Vec<u8>>) -> Self {
+        let content_type = r.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Self { status: r.status().as_u16(), content_type, body: r.into_body() }
+    }
+}
+
 /// A successful answer: the identity and STS's request id, when given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StsAnswer {

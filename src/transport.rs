@@ -13,25 +13,12 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 use crate::request::StsRequest;
-use crate::response::MAX_STS_RESPONSE_BYTES;
+use crate::response::{MAX_STS_RESPONSE_BYTES, StsResponse};
 
 /// Default time to establish a connection (TCP and TLS).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time for one whole exchange, body included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// STS's raw answer: what [`crate::parse_sts_response`] takes. The body holds at most
-/// [`MAX_STS_RESPONSE_BYTES`] + 1 bytes: reading stops there, so an oversized answer is seen as
-/// such without being read whole.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StsResponse {
-    /// The HTTP status.
-    pub status: u16,
-    /// The `Content-Type` header, if any.
-    pub content_type: Option<String>,
-    /// The body, capped.
-    pub body: Vec<u8>,
-}
 
 /// A boxed future, as returned by [`StsTransport::send`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

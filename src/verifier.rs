@@ -17,13 +17,12 @@ use crate::error::{Error, ErrorKind};
 use crate::identity::CallerIdentity;
 use crate::membership::Membership;
 use crate::request::{RequestPolicy, StsRequest};
+#[cfg(feature = "io")]
+use crate::response::StsResponse;
 use crate::response::{StsAnswer, parse_sts_response};
 use crate::token::{Role, Token, TokenSet};
 #[cfg(feature = "io")]
-use crate::{
-    organizations::OrganizationsClient,
-    transport::{StsResponse, StsTransport},
-};
+use crate::{organizations::OrganizationsClient, transport::StsTransport};
 
 /// Default number of retries after an `sts_unavailable` outcome (GetCallerIdentity is idempotent).
 pub const DEFAULT_RETRIES: u32 = 2;

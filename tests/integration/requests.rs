@@ -263,3 +263,24 @@ fn peek_returns_the_signed_challenge_after_every_other_check() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::RequestExpired);
 }
+
+/// The `http` feature: the rebuilt request as an `http::Request` holds exactly what `to_http1`
+/// sends, and an `http::Response` becomes the `StsResponse` that `conclude` reads.
+#[cfg(feature = "http")]
+#[test]
+fn http_crate_conversions_carry_exactly_the_rebuilt_request() {
+    let parsed = parse(&teleport()).unwrap();
+    let req = parsed.to_http().unwrap();
+    assert_eq!(req.method(), http::Method::POST);
+    assert_eq!(req.uri().to_string(), "https://sts.us-east-1.amazonaws.com/");
+    let want: Vec<(String, String)> = parsed.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+    let got: Vec<(String, String)> =
+        req.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned())).collect();
+    assert_eq!(got, want);
+    assert_eq!(req.body().as_slice(), iam_join::GET_CALLER_IDENTITY_BODY);
+
+    let body = std::fs::read(vectors("sts/ok_assumed_role.xml")).unwrap();
+    let resp = http::Response::builder().status(200).header("content-type", "text/xml").body(body.clone()).unwrap();
+    let answer = iam_join::StsResponse::from(resp);
+    assert_eq!((answer.status, answer.content_type.as_deref(), answer.body), (200, Some("text/xml"), body));
+}
