@@ -574,3 +574,49 @@ fn json_error(body: &[u8]) -> Option<StsErrorInfo> {
     let env: JsonErrorEnvelope = serde_json::from_slice(body).ok()?;
     Some(StsErrorInfo { status: 0, code: env.error.code, message: env.error.message, request_id: env.request_id })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(arn: &str, user_id: &str) -> Option<&'static str> {
+        user_id_mismatch(&Arn::parse(arn).unwrap(), user_id)
+    }
+
+    #[test]
+    fn user_id_shapes_per_principal_type() {
+        let user = "arn:aws:iam::111111111111:user/ci";
+        let role = "arn:aws:sts::111111111111:assumed-role/r/s";
+        // Positive controls: AWS's own ids, and moto's lower-case user ids.
+        assert_eq!(shape(user, "AIDAEXAMPLEUSERID0001"), None);
+        assert_eq!(shape(user, "ihy4yye316c631k3edvm"), None);
+        assert_eq!(shape(role, "AROAEXAMPLEROLEID0001:s"), None);
+        assert_eq!(shape("arn:aws:iam::111111111111:root", "111111111111"), None);
+        assert_eq!(shape("arn:aws:sts::111111111111:federated-user/bob", "111111111111:bob"), None);
+        // Another type's prefix, too short, a session that differs, the wrong account.
+        assert!(shape(user, "AROAEXAMPLEROLEID0001").is_some());
+        assert!(shape(user, "AKIAIOSFODNN7EXAMPLE").is_some());
+        assert!(shape(user, "AIDASHORT").is_some());
+        assert!(shape(role, "AROAEXAMPLEROLEID0001:t").is_some());
+        assert!(shape(role, "AIDAEXAMPLEUSERID0001:s").is_some());
+        assert!(shape("arn:aws:iam::111111111111:root", "222222222222").is_some());
+        assert!(shape("arn:aws:sts::111111111111:federated-user/bob", "222222222222:bob").is_some());
+        assert!(shape("arn:aws:iam::111111111111:role/r", "AROAEXAMPLEROLEID0001").is_some());
+    }
+
+    #[test]
+    fn xml_declarations_must_say_utf8() {
+        let ok = "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><GetCallerIdentityResult><Arn>arn:aws:iam::111111111111:user/ci</Arn><UserId>AIDAEXAMPLEUSERID0001</UserId><Account>111111111111</Account></GetCallerIdentityResult></GetCallerIdentityResponse>";
+        for (decl, accepted) in [
+            ("", true),
+            ("<?xml version=\"1.0\"?>", true),
+            ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>", true),
+            ("<?xml version=\"1.0\" encoding=\"utf-8\"?>", true),
+            ("<?xml version=\"1.0\" encoding=\"UTF-16\"?>", false),
+            ("<?xml version=\"1.0\" encoding=\"windows-1252\"?>", false),
+        ] {
+            let got = parse_sts_response(200, Some("text/xml"), format!("{decl}{ok}").as_bytes());
+            assert_eq!(got.is_ok(), accepted, "{decl}: {got:?}");
+        }
+    }
+}

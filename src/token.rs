@@ -846,3 +846,43 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     Some(SystemTime::from(t))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn starts(src: &str) -> Vec<u64> {
+        pieces(src).into_iter().map(|(line, _)| line).collect()
+    }
+
+    #[test]
+    fn pieces_start_at_document_markers_only() {
+        assert_eq!(starts("a: 1\n---\nb: 2\n--- \nc: 3\n"), [0, 1, 3]);
+        // Not markers: indented, followed by text, or inside a line.
+        assert_eq!(starts("a: 1\n ---\nb: ---\n---x: 2\n"), [0]);
+        // A leading marker, comments and directives stay with the document they precede.
+        assert_eq!(starts("# tokens\n%YAML 1.2\n---\na: 1\n"), [0]);
+        assert_eq!(starts("a: 1\n# next\n---\nb: 2\n"), [0, 2]);
+        // An end marker does not cut; the next start marker does.
+        assert_eq!(starts("a: 1\n...\n---\nb: 2\n"), [0, 2]);
+        assert_eq!(starts(""), Vec::<u64>::new());
+        // Every byte lands in exactly one piece.
+        let src = "a: 1\n---\nb: 2\n---\n";
+        assert_eq!(pieces(src).iter().map(|(_, p)| *p).collect::<String>(), src);
+    }
+
+    #[test]
+    fn names_in_refusals_are_bounded() {
+        assert_eq!(printable_name("t"), "\"t\"");
+        let long = "x".repeat(1000);
+        assert_eq!(printable_name(&long).len(), 128 + 3 + 2);
+        assert_eq!(printable_name("a\r\nb"), "\"a\\r\\nb\"");
+    }
+
+    #[test]
+    fn a_broken_document_is_named_when_its_name_can_be_read() {
+        let set = TokenSet::load("kind: token\nversion: v2\nmetadata: {name: n}\nspec: {roles: [Node], extra: 1}\n");
+        assert_eq!(set.diagnostics()[0].token.as_deref(), Some("n"));
+        assert!(set.lookup("n").unwrap_err().detail().starts_with("token \"n\" is invalid: "));
+    }
+}

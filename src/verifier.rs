@@ -627,3 +627,67 @@ fn backoff(attempt: u32) -> Duration {
     let jitter = if getrandom::fill(&mut b).is_ok() { u16::from_le_bytes(b) } else { 0 };
     base + base.mul_f64(f64::from(jitter) / f64::from(u16::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKENS: &str = "kind: token\nversion: v2\nmetadata: {name: t}\nspec: {roles: [Node], join_method: iam, allow: [{aws_organization_id: o-abcdefghij}, {aws_account: \"111111111111\"}]}\n";
+
+    #[test]
+    fn token_names_in_logs_are_bounded() {
+        assert_eq!(shown_token_name("t"), "t");
+        assert_eq!(shown_token_name(&"x".repeat(10_000)).len(), 131);
+        assert_eq!(shown_token_name(&"\u{e9}".repeat(200)).chars().count(), 131);
+    }
+
+    #[test]
+    fn short_issued_challenges_are_a_setup_mistake_before_anything_else() {
+        let v = Verifier::sans_io(TokenSet::default(), RequestPolicy::new());
+        for c in ["", "abc", &"a".repeat(challenge::MIN_CHALLENGE_LEN - 1)] {
+            let e = v.prepare("no-such-token", c, b"", SystemTime::UNIX_EPOCH).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
+        }
+        // Positive control: a long enough challenge gets to the token lookup.
+        let c = "a".repeat(challenge::MIN_CHALLENGE_LEN);
+        let e = v.prepare("no-such-token", &c, b"", SystemTime::UNIX_EPOCH).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TokenInvalid);
+    }
+
+    #[test]
+    fn an_organization_rule_first_asks_for_a_membership_and_resume_decides() {
+        let tokens = TokenSet::from_yaml(TOKENS).unwrap();
+        let token = tokens.get("t").unwrap().clone();
+        let identity =
+            CallerIdentity::new("111111111111", "arn:aws:iam::111111111111:user/ci", "AIDAEXAMPLEUSERID0001").unwrap();
+        let vectors = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/requests/");
+        let raw = std::fs::read(format!("{vectors}teleport_go_request_write.http")).unwrap();
+        let challenge = std::fs::read_to_string(format!("{vectors}CHALLENGE")).unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_878_000);
+        let request = StsRequest::parse(&raw, challenge.trim(), &RequestPolicy::new(), at).unwrap();
+        let prepared = Prepared { token, request };
+        let answer = || StsAnswer { identity: identity.clone(), request_id: None };
+        let v = Verifier::sans_io(tokens, RequestPolicy::new());
+        let Ok(Concluded::NeedsMembership(q)) = step(&prepared, answer()) else { panic!("rule 0 must ask") };
+        assert_eq!((q.partition(), q.account().as_str()), (Partition::Aws, "111111111111"));
+        let member = Membership::Member { organization_id: "o-abcdefghij".into(), ancestors: vec!["r-ab12".into()] };
+        assert_eq!(v.resume(q, &member).unwrap().matched_rule(), 0);
+        // Not a member: the plain rule after it decides.
+        let Ok(Concluded::NeedsMembership(q)) = step(&prepared, answer()) else { panic!("rule 0 must ask") };
+        assert_eq!(v.resume(q, &Membership::NotInOrganization).unwrap().matched_rule(), 1);
+        // A caller without lookups gets lookup_failed, with the identity kept.
+        let e = step(&prepared, answer()).unwrap().into_verdict().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LookupFailed);
+        assert!(e.identity().is_some());
+    }
+
+    #[cfg(feature = "io")]
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        for attempt in 1..10 {
+            let b = backoff(attempt);
+            let base = Duration::from_millis(100) * 2u32.pow(attempt - 1).min(16);
+            assert!(b >= base && b <= base * 2, "attempt {attempt}: {b:?}");
+        }
+    }
+}
