@@ -158,17 +158,20 @@ struct Headers<'h> {
     names: String,
     /// (end of the name in `names`, value).
     entries: Vec<(usize, &'h str)>,
+    /// Whether any header is `x-amz-content-sha256` (rare: only then is it looked up).
+    payload_hash: bool,
 }
 
 impl<'h> Headers<'h> {
     fn with_capacity(n: usize) -> Self {
-        Self { names: String::with_capacity(n * 24), entries: Vec::with_capacity(n) }
+        Self { names: String::with_capacity(n * 24), entries: Vec::with_capacity(n), payload_hash: false }
     }
 
     fn push(&mut self, name: &str, value: &'h str) {
         let start = self.names.len();
         self.names.push_str(name);
         self.names[start..].make_ascii_lowercase();
+        self.payload_hash |= &self.names[start..] == "x-amz-content-sha256";
         self.entries.push((self.names.len(), value));
     }
 
@@ -391,9 +394,15 @@ impl StsRequest {
         let accept_json = headers.values("accept").next().is_some_and(|v| v.eq_ignore_ascii_case("application/json"))
             && auth.signed_headers.contains(&"accept");
         let mut out = Rebuilt::with_capacity(head_len + 64, auth.signed_headers.len() + 2);
-        let challenge_at = auth.signed_headers.iter().position(|&n| n == challenge_name).unwrap_or_default();
-        for (&name, &value) in auth.signed_headers.iter().zip(&signed_values) {
-            out.push(name, if name == challenge_name { received } else { value });
+        let mut challenge_at = 0;
+        for (i, (&name, &value)) in auth.signed_headers.iter().zip(&signed_values).enumerate() {
+            let value = if name == challenge_name {
+                challenge_at = i;
+                received
+            } else {
+                value
+            };
+            out.push(name, value);
         }
         out.push("authorization", authorization);
         if let Some(token) = security_token

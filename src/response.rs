@@ -50,7 +50,8 @@ const UNIQUE_ID_PREFIXES: [&str; 12] =
 
 /// An IAM unique id as the IAM API documents `UserId` and `RoleId`: 16 to 128 word characters.
 fn is_unique_id(id: &str) -> bool {
-    (16..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    // No short circuit, so the loop vectorizes: ids are short and almost always valid.
+    (16..=128).contains(&id.len()) && id.bytes().fold(true, |ok, b| ok & (b.is_ascii_alphanumeric() | (b == b'_')))
 }
 
 /// A unique id of the entity type that `prefix` marks: AWS's own ids start with it. An id that
@@ -65,14 +66,18 @@ fn is_unique_id_of(id: &str, prefix: &str) -> bool {
 /// for the root user, and `ACCOUNT:NAME` for federated users. STS never reports a role ARN (it
 /// reports the assumed role). Returns what was expected when `user_id` does not fit.
 fn user_id_mismatch(arn: &Arn, user_id: &str) -> Option<&'static str> {
-    let account = arn.account().as_str();
     let fits = match arn.principal() {
         Principal::User { .. } => is_unique_id_of(user_id, "AIDA"),
-        Principal::AssumedRole { session_name, .. } => user_id
-            .split_once(':')
-            .is_some_and(|(id, session)| is_unique_id(id) && id.starts_with("AROA") && session == session_name),
-        Principal::Root => user_id == account,
-        Principal::FederatedUser { name } => user_id.split_once(':').is_some_and(|(a, n)| a == account && n == name),
+        Principal::AssumedRole { session_name, .. } => {
+            // `AROA…:SESSION`: split where the session must start, without searching.
+            let at = user_id.len().wrapping_sub(session_name.len() + 1);
+            user_id.get(at..).is_some_and(|tail| tail.as_bytes().first() == Some(&b':') && &tail[1..] == session_name)
+                && user_id.get(..at).is_some_and(|id| id.starts_with("AROA") && is_unique_id(id))
+        }
+        Principal::Root => user_id == arn.account().as_str(),
+        Principal::FederatedUser { name } => {
+            user_id.split_once(':').is_some_and(|(a, n)| a == arn.account().as_str() && n == name)
+        }
         Principal::Role { .. } => return Some("no role ARN: a role is reported as assumed-role"),
     };
     (!fits).then(|| match arn.principal() {
