@@ -1,0 +1,7 @@
+//! One module per command; each exposes `run`.
+
+pub(crate) mod check_token;
+pub(crate) mod demo;
+pub(crate) mod matching;
+pub(crate) mod sign;
+pub(crate) mod verify;

@@ -1,0 +1,80 @@
+//! `iam-join verify`: one captured join through the library's `Verifier`, printed as JSON.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use iam_join::agent::Credentials;
+use iam_join::organizations::OrganizationsClient;
+use iam_join::{
+    EndpointOverride, EndpointPolicy, Error, FipsMode, Partition, RequestPolicy, ReqwestTransport, Verifier,
+};
+use serde_json::{Value, json};
+
+use crate::{Usage, VerifyArgs, load_tokens};
+
+pub(crate) fn run(a: &VerifyArgs) -> Result<ExitCode, Usage> {
+    let (set, name) = load_tokens(&a.token.file, a.token.name.as_deref())?;
+    let mut raw = Vec::new();
+    if a.request == "-" {
+        std::io::stdin().read_to_end(&mut raw)?;
+    } else {
+        raw = std::fs::read(&a.request).map_err(|e| Usage(format!("{}: {e}", a.request)))?;
+    }
+    let now = match &a.now {
+        Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map(SystemTime::from)
+            .map_err(|e| Usage(format!("--now {t:?} is not RFC 3339: {e}")))?,
+        None => SystemTime::now(),
+    };
+    if !(a.timeout > 0.0 && a.timeout <= 600.0) {
+        return Err(Usage("--timeout must be between 0 and 600 seconds".into()));
+    }
+    let timeout = Duration::from_secs_f64(a.timeout);
+    let mut endpoints = EndpointPolicy::new().fips(if a.fips { FipsMode::Required } else { FipsMode::Allowed });
+    for p in &a.allow_partition {
+        endpoints = endpoints
+            .allow_partition(Partition::from_name(p).ok_or_else(|| Usage(format!("unknown partition {p:?}")))?);
+    }
+    let policy = RequestPolicy::new()
+        .endpoints(endpoints)
+        .challenge_header(&a.challenge_header)
+        .map_err(|e| Usage(e.detail().to_owned()))?;
+    let mut transport = ReqwestTransport::builder().timeout(timeout);
+    if let Some(url) = &a.sts_endpoint {
+        transport = transport.endpoint_override(EndpointOverride::Url(url.clone()));
+    }
+    let transport = transport.build().map_err(|e| Usage(e.detail().to_owned()))?;
+    let uses_organizations = set.get(&name).is_some_and(|t| t.matcher().organization_rules().next().is_some());
+    let mut verifier = Verifier::new(set, policy, transport).deadline(timeout);
+    if uses_organizations {
+        let creds = Credentials::from_env().map_err(|e| {
+            Usage(format!("token {name:?} has organization rules: {} (the auth server's credentials)", e.detail()))
+        })?;
+        let mut org = ReqwestTransport::builder().timeout(timeout);
+        if let Some(url) = &a.organizations_endpoint {
+            org = org.endpoint_override(EndpointOverride::Url(url.clone()));
+        }
+        let org = org.build().map_err(|e| Usage(e.detail().to_owned()))?;
+        verifier = verifier.organizations(OrganizationsClient::new(creds, org));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = rt.block_on(verifier.verify(&name, &a.challenge, &raw, now));
+    let out = verdict_json(&name, &result);
+    println!("{out}");
+    Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The library's own serializations: `Verdict` as is, a refusal from its kind, detail and the
+/// identity kept for audit.
+fn verdict_json(token: &str, result: &Result<iam_join::Verdict, Error>) -> Value {
+    match result {
+        Ok(v) => json!(v),
+        Err(e) => json!({
+            "allowed": false,
+            "token": token,
+            "error": {"kind": e.kind(), "message": e.detail()},
+            "identity": e.identity(),
+        }),
+    }
+}

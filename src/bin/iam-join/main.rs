@@ -1,0 +1,221 @@
+//! `iam-join`: check tokens, explain matches, verify captured joins, sign joins, run the demo.
+//! Thin: parses flags, calls the library's public API, prints. One file per command.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use iam_join::organizations::Membership;
+use iam_join::{Severity, TokenSet};
+
+use commands::{check_token, demo, matching, sign, verify};
+
+#[derive(Parser)]
+#[command(name = "iam-join", version, about = "Verify AWS IAM joins the way Teleport's Auth Service does", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate token files: every token of every join method, with lints.
+    ///
+    /// Example: iam-join check-token tokens.yaml
+    ///
+    /// Prints every diagnostic as FILE:LINE:COL: SEVERITY: MESSAGE. Exits 2 when any token (or
+    /// file) has an error, 1 with --deny-warnings when there are warnings, 0 otherwise:
+    /// information (tokens of other join methods, skipped) never fails the check.
+    CheckToken {
+        /// Token YAML files (one or many tokens each).
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// Exit 1 when there are warnings (rules that can never match, ignored sections).
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Explain, rule by rule, why an identity would or would not be allowed.
+    ///
+    /// Example: iam-join match --token tokens.yaml --account 333333333333 --arn arn:aws:sts::333333333333:assumed-role/node/i-1
+    Match {
+        #[command(flatten)]
+        token: TokenArgs,
+        /// The identity's 12-digit account.
+        #[arg(long)]
+        account: String,
+        /// The identity's ARN.
+        #[arg(long)]
+        arn: String,
+        /// The account's AWS Organization (o-...), to explain organization rules offline.
+        #[arg(long)]
+        organization_id: Option<String>,
+        /// An OU or root id the account sits under (repeat for each ancestor).
+        #[arg(long = "ou")]
+        ous: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the full verification of a captured request; prints one JSON object.
+    ///
+    /// Exit 0 allowed, 1 refused, 2 usage or token file errors.
+    /// Example: iam-join sign --challenge C | iam-join verify --token tokens.yaml --challenge C --request -
+    Verify(VerifyArgs),
+    /// Sign a join request with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN and
+    /// write the raw HTTP request to stdout.
+    ///
+    /// Example: iam-join sign --challenge "$(iam-join challenge)" --region us-west-2 --accept-json
+    Sign {
+        /// The challenge the server issued.
+        #[arg(long)]
+        challenge: String,
+        /// Sign for this region's endpoint (default: the global endpoint).
+        #[arg(long)]
+        region: Option<String>,
+        /// Use the region's FIPS endpoint.
+        #[arg(long)]
+        fips: bool,
+        /// Sign Accept: application/json, as Teleport agents do.
+        #[arg(long)]
+        accept_json: bool,
+        /// The header carrying the challenge.
+        #[arg(long, default_value = "x-teleport-challenge")]
+        challenge_header: String,
+    },
+    /// Print a fresh challenge (32 random bytes, unpadded base64).
+    Challenge,
+    /// Walk through allowed and refused joins against an embedded STS emulator (no AWS account,
+    /// no network).
+    Demo,
+}
+
+#[derive(Args)]
+pub(crate) struct TokenArgs {
+    /// Token YAML file.
+    #[arg(long = "token")]
+    file: String,
+    /// The token to use when the file holds several (default: the only one).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    token: TokenArgs,
+    /// The challenge the server issued for this join.
+    #[arg(long)]
+    challenge: String,
+    /// The captured raw HTTP request, or - for stdin.
+    #[arg(long)]
+    request: String,
+    /// The header carrying the challenge.
+    #[arg(long, default_value = "x-teleport-challenge")]
+    challenge_header: String,
+    /// Accept only FIPS endpoints (the global endpoint is refused).
+    #[arg(long)]
+    fips: bool,
+    /// Also trust this partition's endpoints (aws is always trusted), e.g. aws-us-gov.
+    #[arg(long = "allow-partition")]
+    allow_partition: Vec<String>,
+    /// Send to this URL instead (https://, or http:// on a loopback address); the signed Host is kept.
+    #[arg(long)]
+    sts_endpoint: Option<String>,
+    /// Send AWS Organizations calls to this URL instead (https://, or http:// on loopback).
+    /// Organization rules are looked up with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+    /// AWS_SESSION_TOKEN (the auth server's credentials, not the agent's).
+    #[arg(long)]
+    organizations_endpoint: Option<String>,
+    /// Bound on the whole verification, retries included, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// The time to judge freshness and token expiry by (RFC 3339); default now.
+    #[arg(long)]
+    now: Option<String>,
+}
+
+/// A failure that is the operator's to fix: exit 2.
+pub(crate) struct Usage(pub(crate) String);
+
+impl<E: std::fmt::Display> From<E> for Usage {
+    fn from(e: E) -> Self {
+        Usage(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckToken { files, deny_warnings } => check_token::run(&files, deny_warnings),
+        Command::Match { token, account, arn, organization_id, ous, json } => {
+            let membership =
+                organization_id.map(|organization_id| Membership::Member { organization_id, ancestors: ous });
+            matching::run(&token, &account, &arn, membership.as_ref(), json)
+        }
+        Command::Verify(args) => verify::run(&args),
+        Command::Sign { challenge, region, fips, accept_json, challenge_header } => {
+            sign::run(&challenge, region, fips, accept_json, &challenge_header)
+        }
+        Command::Challenge => iam_join::challenge::generate()
+            .map(|c| {
+                println!("{c}");
+                ExitCode::SUCCESS
+            })
+            .map_err(Usage::from),
+        Command::Demo => demo::run(),
+    };
+    result.unwrap_or_else(|Usage(msg)| {
+        eprintln!("iam-join: {msg}");
+        ExitCode::from(2)
+    })
+}
+
+/// Loads a token file for `match` and `verify`: the named token must be valid; problems in the
+/// file's other tokens are printed to stderr and do not stop the command.
+pub(crate) fn load_tokens(path: &str, name: Option<&str>) -> Result<(TokenSet, String), Usage> {
+    let text = std::fs::read_to_string(path).map_err(|e| Usage(format!("{path}: {e}")))?;
+    let set = TokenSet::load(&text).with_file_name(path);
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None if set.len() == 1 && !set.has_errors() => {
+            set.iter().next().map(|t| t.name().to_owned()).unwrap_or_default()
+        }
+        None if set.has_errors() && set.is_empty() => return Err(Usage(problem_lines(&set))),
+        None => return Err(Usage(format!("the file holds {} iam tokens; pick one with --name", set.len()))),
+    };
+    // A token of another join method is the verifier's to refuse (token_invalid, naming it).
+    let own = |severity: Severity| {
+        set.diagnostics().iter().any(|p| p.token.as_deref() == Some(&*name) && p.severity == severity)
+    };
+    if own(Severity::Info) && !own(Severity::Error) {
+        return Ok((set, name));
+    }
+    match set.lookup(&name) {
+        Ok(_) => {
+            let others: Vec<String> = set
+                .diagnostics()
+                .iter()
+                .filter(|p| p.severity != Severity::Info && p.token.as_deref() != Some(name.as_str()))
+                .map(ToString::to_string)
+                .collect();
+            if !others.is_empty() {
+                eprintln!("iam-join: other tokens in {path} have problems (token {name:?} is fine):");
+                others.iter().for_each(|p| eprintln!("{p}"));
+            }
+            for p in set.diagnostics().iter().filter(|p| p.token.as_deref() == Some(name.as_str())) {
+                eprintln!("{p}");
+            }
+            Ok((set, name))
+        }
+        Err(e) => {
+            let own = set.diagnostics().iter().filter(|p| p.token.as_deref() == Some(name.as_str()));
+            let lines: Vec<String> = own.map(ToString::to_string).collect();
+            Err(Usage(if lines.is_empty() { format!("{path}: {}", e.detail()) } else { lines.join("\n") }))
+        }
+    }
+}
+
+pub(crate) fn problem_lines(set: &TokenSet) -> String {
+    set.diagnostics().iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
