@@ -8,19 +8,21 @@
 //! (the untouched input is allowed), so a refusal is due to the attack and not to the harness.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../common/loopback.rs"]
+mod loopback;
+
 mod identities;
 mod requests;
 mod sts_bodies;
 mod tokens;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+
+use crate::loopback::Loopback;
 
 /// 2026-11-28T15:00:00Z, the Teleport vector's X-Amz-Date.
 pub(crate) fn signed_at() -> SystemTime {
@@ -117,54 +119,24 @@ impl Answer {
 
 /// A loopback fake STS: answers every request with the current [`Answer`] and counts requests.
 pub(crate) struct FakeSts {
-    addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
+    server: Loopback,
     answer: Arc<Mutex<Answer>>,
-    last: Arc<Mutex<Vec<u8>>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeSts {
     pub(crate) async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(AtomicUsize::new(0));
         let answer = Arc::new(Mutex::new(Answer::ok()));
-        let last = Arc::new(Mutex::new(Vec::new()));
-        let (count, script, seen) = (requests.clone(), answer.clone(), last.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let (count, script, seen) = (count.clone(), script.clone(), seen.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut b = [0u8; 4096];
-                    // Head, then the fixed 43-byte body.
-                    loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
-                            && buf.len() >= end + 4 + 43
-                        {
-                            break;
-                        }
-                        match s.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&b[..n]),
-                        }
-                    }
-                    *seen.lock().unwrap() = buf;
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let a = script.lock().unwrap().clone();
-                    let head = format!(
-                        "HTTP/1.1 {} X\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        a.status,
-                        a.content_type,
-                        a.body.len()
-                    );
-                    let _ = s.write_all(&[head.as_bytes(), &a.body].concat()).await;
-                    let _ = s.shutdown().await;
-                });
+        let script = answer.clone();
+        let server = Loopback::start(move |mut s, _request| {
+            let a = script.lock().unwrap().clone();
+            async move {
+                let _ = s.write_all(&loopback::reply_and_close(a.status, a.content_type, &a.body)).await;
+                let _ = s.shutdown().await;
+                None
             }
-        });
-        FakeSts { addr, requests, answer, last, task }
+        })
+        .await;
+        FakeSts { server, answer }
     }
 
     pub(crate) fn answer(&self, a: Answer) {
@@ -173,27 +145,21 @@ impl FakeSts {
 
     /// The bytes of the last request received.
     pub(crate) fn last_request(&self) -> String {
-        String::from_utf8_lossy(&self.last.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.server.last_request()).into_owned()
     }
 
     pub(crate) fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+        self.server.requests()
     }
 
     /// A verifier whose only way out is this fake STS. No retries, so counts are exact.
     pub(crate) fn verifier(&self) -> Verifier {
         let transport = ReqwestTransport::builder()
-            .endpoint_override(EndpointOverride::Url(format!("http://{}/", self.addr)))
+            .endpoint_override(EndpointOverride::Url(self.server.url()))
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap();
         Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport).retries(0)
-    }
-}
-
-impl Drop for FakeSts {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

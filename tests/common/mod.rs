@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub(crate) mod loopback;
 pub(crate) mod reference;
 
 use std::path::PathBuf;

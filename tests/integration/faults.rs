@@ -13,6 +13,7 @@ use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, Tok
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::common::loopback::Loopback;
 use crate::pipeline::{TOKENS, user};
 
 const OK_XML: &str = "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><GetCallerIdentityResult><Arn>arn:aws:iam::111111111111:user/ci-deployer</Arn><UserId>AIDAEXAMPLEUSERID0001</UserId><Account>111111111111</Account></GetCallerIdentityResult></GetCallerIdentityResponse>";
@@ -31,29 +32,22 @@ async fn read_request(s: &mut (impl AsyncReadExt + Unpin)) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// A loopback server answering each connection with `respond`; counts requests.
-async fn server<F, Fut>(respond: F) -> (SocketAddr, Arc<AtomicUsize>)
+/// The shared loopback server, answering each request with `respond` on its connection: its
+/// address, its request counter, and the server itself (stopped when dropped).
+async fn server<F, Fut>(respond: F) -> (SocketAddr, Arc<AtomicUsize>, Loopback)
 where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    let respond = Arc::new(respond);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let respond = respond.clone();
-            let c = c.clone();
-            tokio::spawn(async move {
-                read_request(&mut stream).await;
-                c.fetch_add(1, Ordering::SeqCst);
-                respond(stream).await;
-            });
+    let server = Loopback::start(move |stream, _request| {
+        let done = respond(stream);
+        async move {
+            done.await;
+            None
         }
-    });
-    (addr, count)
+    })
+    .await;
+    (server.addr(), server.request_counter(), server)
 }
 
 fn verifier(base: String, timeout: Duration) -> Verifier {
@@ -95,7 +89,7 @@ async fn connection_refused_is_unavailable_and_bounded() {
 
 #[tokio::test]
 async fn silent_server_times_out() {
-    let (addr, count) = server(|s| async move {
+    let (addr, count, _addr_server) = server(|s| async move {
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(s);
     })
@@ -108,7 +102,7 @@ async fn silent_server_times_out() {
 
 #[tokio::test]
 async fn reset_mid_body_is_unavailable() {
-    let (addr, _) = server(|mut s| async move {
+    let (addr, _, _addr_server) = server(|mut s| async move {
         let _ =
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 1000\r\n\r\n<GetCaller").await;
         // Abort with RST rather than a clean close.
@@ -122,10 +116,10 @@ async fn reset_mid_body_is_unavailable() {
 
 #[tokio::test]
 async fn redirect_is_not_followed() {
-    let (elsewhere, elsewhere_count) =
+    let (elsewhere, elsewhere_count, _elsewhere_server) =
         server(|s| respond_with(s, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"")).await;
     let location = format!("HTTP/1.1 302 Found\r\nLocation: http://{elsewhere}/\r\nContent-Length: 0\r\n\r\n");
-    let (addr, count) = server(move |s| {
+    let (addr, count, _addr_server) = server(move |s| {
         let location = location.clone();
         async move { respond_with(s, &location, b"").await }
     })
@@ -140,7 +134,7 @@ async fn redirect_is_not_followed() {
 
 #[tokio::test]
 async fn twenty_mib_body_is_cut_at_the_cap() {
-    let (addr, _) = server(|mut s| async move {
+    let (addr, _, _addr_server) = server(|mut s| async move {
         let total = 20 * 1024 * 1024;
         let _ = s
             .write_all(
@@ -164,7 +158,7 @@ async fn twenty_mib_body_is_cut_at_the_cap() {
 
 #[tokio::test]
 async fn dripping_body_hits_the_timeout() {
-    let (addr, _) = server(|mut s| async move {
+    let (addr, _, _addr_server) = server(|mut s| async move {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 100\r\n\r\n").await;
         for _ in 0..100 {
             if s.write_all(b" ").await.is_err() {
@@ -181,7 +175,7 @@ async fn dripping_body_hits_the_timeout() {
 
 #[tokio::test]
 async fn html_500_is_retried_then_unavailable() {
-    let (addr, count) = server(|s| {
+    let (addr, count, _addr_server) = server(|s| {
         respond_with(
             s,
             "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/html\r\nContent-Length: 22\r\n\r\n",
@@ -197,7 +191,7 @@ async fn html_500_is_retried_then_unavailable() {
 #[tokio::test]
 async fn throttling_is_retried_then_unavailable() {
     let body = std::fs::read(crate::common::vectors("sts/err_throttling.xml")).unwrap();
-    let (addr, count) = server(move |s| {
+    let (addr, count, _addr_server) = server(move |s| {
         let body = body.clone();
         async move {
             let head =
@@ -216,7 +210,7 @@ async fn throttling_is_retried_then_unavailable() {
 #[tokio::test]
 async fn throttling_then_success_is_allowed() {
     let n = Arc::new(AtomicUsize::new(0));
-    let (addr, _) = server(move |s| {
+    let (addr, _, _addr_server) = server(move |s| {
         let first = n.fetch_add(1, Ordering::SeqCst) == 0;
         async move {
             if first {

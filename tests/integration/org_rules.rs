@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
@@ -15,7 +14,9 @@ use iam_join::organizations::OrganizationsClient;
 use iam_join::{
     Concluded, EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, StsTransport, TokenSet, Verifier,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::common::loopback::{self, Loopback};
 use tokio::net::TcpListener;
 
 const ORG: &str = "o-abcdefghij";
@@ -57,8 +58,9 @@ enum Mode {
     Throttled,
 }
 
-/// A fake Organizations endpoint. Returns its URL and a request counter.
-async fn organizations(mode: Mode) -> (String, Arc<AtomicUsize>) {
+/// A fake Organizations endpoint on the shared loopback server, answering DescribeAccount and
+/// ListParents from a small tree on kept-alive connections.
+async fn organizations(mode: Mode) -> Loopback {
     let parents: HashMap<&str, (&str, &str)> = HashMap::from([
         ("222222222222", (PROD_WEB, "ORGANIZATIONAL_UNIT")),
         (PROD_WEB, (PROD, "ORGANIZATIONAL_UNIT")),
@@ -67,84 +69,55 @@ async fn organizations(mode: Mode) -> (String, Arc<AtomicUsize>) {
         ("444444444444", (DEV, "ORGANIZATIONAL_UNIT")),
         (DEV, (ROOT, "ROOT")),
     ]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let (parents, c) = (parents.clone(), c.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut b = [0u8; 4096];
-                loop {
-                    // One request per read loop: head plus a small JSON body.
-                    while !(buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.ends_with(b"}")) {
-                        let Ok(n) = s.read(&mut b).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&b[..n]);
+    Loopback::start(move |mut s, request| {
+        let req = String::from_utf8_lossy(&request).to_string();
+        assert!(
+            req.to_ascii_lowercase().contains("authorization: aws4-hmac-sha256 credential=akiaorgreader000000/"),
+            "{req}"
+        );
+        let field = |name: &str| {
+            req.split(&format!("\"{name}\":\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (status, body) = match mode {
+            Mode::Denied => (400, r#"{"__type":"AccessDeniedException","Message":"no"}"#.to_owned()),
+            Mode::Throttled => {
+                (400, r#"{"__type":"TooManyRequestsException","Message":"slow"}"#.to_owned())
+            }
+            Mode::Normal if req.contains("AWSOrganizationsV20161128.DescribeAccount") => {
+                let a = field("AccountId");
+                match a.as_str() {
+                    "555555555555" => {
+                        (400, r#"{"__type":"AccountNotFoundException","Message":"x"}"#.to_owned())
                     }
-                    c.fetch_add(1, Ordering::SeqCst);
-                    let req = String::from_utf8_lossy(&buf).to_string();
-                    buf.clear();
-                    assert!(
-                        req.to_ascii_lowercase()
-                            .contains("authorization: aws4-hmac-sha256 credential=akiaorgreader000000/"),
-                        "{req}"
-                    );
-                    let field = |name: &str| {
-                        req.split(&format!("\"{name}\":\""))
-                            .nth(1)
-                            .and_then(|r| r.split('"').next())
-                            .unwrap_or("")
-                            .to_owned()
-                    };
-                    let (status, body) = match mode {
-                        Mode::Denied => (400, r#"{"__type":"AccessDeniedException","Message":"no"}"#.to_owned()),
-                        Mode::Throttled => {
-                            (400, r#"{"__type":"TooManyRequestsException","Message":"slow"}"#.to_owned())
-                        }
-                        Mode::Normal if req.contains("AWSOrganizationsV20161128.DescribeAccount") => {
-                            let a = field("AccountId");
-                            match a.as_str() {
-                                "555555555555" => {
-                                    (400, r#"{"__type":"AccountNotFoundException","Message":"x"}"#.to_owned())
-                                }
-                                "666666666666" => (
-                                    200,
-                                    format!(
-                                        r#"{{"Account":{{"Arn":"arn:aws:organizations::777777777777:account/o-zzzzzzzzzz/{a}","Id":"{a}"}}}}"#
-                                    ),
-                                ),
-                                _ => (
-                                    200,
-                                    format!(
-                                        r#"{{"Account":{{"Arn":"arn:aws:organizations::111111111111:account/{ORG}/{a}","Id":"{a}"}}}}"#
-                                    ),
-                                ),
-                            }
-                        }
-                        Mode::Normal => {
-                            let child = field("ChildId");
-                            // The foreign account's organization has its own root.
-                            let (id, kind) = parents.get(child.as_str()).copied().unwrap_or(("r-zz99", "ROOT"));
-                            (200, format!(r#"{{"Parents":[{{"Id":"{id}","Type":"{kind}"}}]}}"#))
-                        }
-                    };
-                    let reply = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if s.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
+                    "666666666666" => (
+                        200,
+                        format!(
+                            r#"{{"Account":{{"Arn":"arn:aws:organizations::777777777777:account/o-zzzzzzzzzz/{a}","Id":"{a}"}}}}"#
+                        ),
+                    ),
+                    _ => (
+                        200,
+                        format!(
+                            r#"{{"Account":{{"Arn":"arn:aws:organizations::111111111111:account/{ORG}/{a}","Id":"{a}"}}}}"#
+                        ),
+                    ),
                 }
-            });
-        }
-    });
-    (url, count)
+            }
+            Mode::Normal => {
+                let child = field("ChildId");
+                // The foreign account's organization has its own root.
+                let (id, kind) = parents.get(child.as_str()).copied().unwrap_or(("r-zz99", "ROOT"));
+                (200, format!(r#"{{"Parents":[{{"Id":"{id}","Type":"{kind}"}}]}}"#))
+            }
+        };
+        let reply = loopback::reply(status, "application/x-amz-json-1.1", body.as_bytes());
+        async move { s.write_all(&reply).await.ok().map(|()| s) }
+    })
+    .await
 }
 
 fn tokens() -> TokenSet {
@@ -196,19 +169,19 @@ spec:
     .unwrap()
 }
 
-async fn setup(mode: Mode) -> (StsEmulator, Arc<AtomicUsize>, Verifier) {
-    let (sts, org_count, v, _) = setup_both(mode).await;
-    (sts, org_count, v)
+async fn setup(mode: Mode) -> (StsEmulator, Loopback, Verifier) {
+    let (sts, org, v, _) = setup_both(mode).await;
+    (sts, org, v)
 }
 
 /// The async verifier, and the same setup driven by hand through the sans-IO state machine.
-async fn setup_both(mode: Mode) -> (StsEmulator, Arc<AtomicUsize>, Verifier, SansIo) {
+async fn setup_both(mode: Mode) -> (StsEmulator, Loopback, Verifier, SansIo) {
     let sts = StsEmulator::start(principals()).await.unwrap();
-    let (org_url, org_count) = organizations(mode).await;
+    let org = organizations(mode).await;
     let sts_transport =
         Arc::new(ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap());
     let org_transport = ReqwestTransport::builder()
-        .endpoint_override(EndpointOverride::Url(org_url))
+        .endpoint_override(EndpointOverride::Url(org.url()))
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -217,7 +190,7 @@ async fn setup_both(mode: Mode) -> (StsEmulator, Arc<AtomicUsize>, Verifier, San
     let v = Verifier::with_shared_transport(tokens(), RequestPolicy::new(), sts_transport.clone())
         .organizations(client.clone());
     let sans_io = SansIo { v: Verifier::sans_io(tokens(), RequestPolicy::new()), sts: sts_transport, client };
-    (sts, org_count, v, sans_io)
+    (sts, org, v, sans_io)
 }
 
 /// A caller with its own loop: prepare, send, conclude, and when asked, look the membership up
@@ -298,29 +271,29 @@ async fn include_exclude_star_nesting_and_outsiders() {
             }
         }
     }
-    assert!(org.load(Ordering::SeqCst) > 0, "organization rules were looked up");
+    assert!(org.requests() > 0, "organization rules were looked up");
 }
 
 #[tokio::test]
 async fn lookups_are_cached_and_skipped_when_not_needed() {
     let (_sts, org, v) = setup(Mode::Normal).await;
     join(&v, "whole-org", "333333333333").await.unwrap();
-    let after_first = org.load(Ordering::SeqCst);
+    let after_first = org.requests();
     assert_eq!(after_first, 3, "DescribeAccount and two ListParents");
     for _ in 0..5 {
         join(&v, "whole-org", "333333333333").await.unwrap();
     }
-    assert_eq!(org.load(Ordering::SeqCst), after_first, "cached");
+    assert_eq!(org.requests(), after_first, "cached");
     // A token set swapped in keeps the Organizations cache (and the transport's pool).
     v.replace_tokens(tokens());
     join(&v, "whole-org", "333333333333").await.unwrap();
-    assert_eq!(org.load(Ordering::SeqCst), after_first, "still cached after replace_tokens");
+    assert_eq!(org.requests(), after_first, "still cached after replace_tokens");
     // A rule whose cheaper fields fail never looks up.
     join(&v, "dev-users-only", "222222222222").await.unwrap_err();
-    assert_eq!(org.load(Ordering::SeqCst), after_first);
+    assert_eq!(org.requests(), after_first);
     // A token without organization rules never touches Organizations.
     join(&v, "plain", "222222222222").await.unwrap();
-    assert_eq!(org.load(Ordering::SeqCst), after_first);
+    assert_eq!(org.requests(), after_first);
 }
 
 #[tokio::test]

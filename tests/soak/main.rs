@@ -22,8 +22,13 @@ use std::time::{Duration, Instant, SystemTime};
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
 use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
 use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::loopback::Loopback;
+
+#[path = "../common/loopback.rs"]
+mod loopback;
 
 const CONCURRENCY: usize = 64;
 const FAULT_PERCENT: u64 = 10;
@@ -113,138 +118,87 @@ enum Fault {
     DripTooSlow,
 }
 
-/// Reads one request (head and Content-Length body); `None` when the peer closed.
-async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                buf.truncate(end + 4 + len);
-                return Some(buf);
-            }
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Reads one whole response (head and Content-Length body) from the emulator.
-async fn read_response(s: &mut TcpStream) -> Option<Vec<u8>> {
-    read_request(s).await
-}
-
 const THROTTLING: &str = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>soak</RequestId></ErrorResponse>";
 const INTERNAL: &str = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Receiver</Type><Code>InternalFailure</Code><Message>oops</Message></Error><RequestId>soak</RequestId></ErrorResponse>";
 
 struct Proxy {
-    addr: SocketAddr,
+    server: Loopback,
     faults: Arc<Mutex<BTreeMap<Fault, usize>>>,
     passed: Arc<AtomicUsize>,
     /// Requests that carried the tampered principal's key: must stay 0.
     tampered_seen: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
+/// The fault proxy on the shared loopback server: forwards each request to the emulator, or
+/// injects one of the faults instead.
 async fn fault_proxy(upstream: SocketAddr) -> Proxy {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let faults = Arc::new(Mutex::new(BTreeMap::new()));
     let passed = Arc::new(AtomicUsize::new(0));
     let tampered_seen = Arc::new(AtomicUsize::new(0));
     let counter = Arc::new(AtomicU64::new(0));
     let (f, p, t) = (faults.clone(), passed.clone(), tampered_seen.clone());
-    let task = tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let _ = client.set_nodelay(true);
-            let (faults, passed, tampered, counter) = (f.clone(), p.clone(), t.clone(), counter.clone());
-            tokio::spawn(async move {
-                while let Some(req) = read_request(&mut client).await {
-                    if req.windows(20).any(|w| w == b"AKIASOAKTAMPERED0001") {
-                        tampered.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let roll = splitmix(counter.fetch_add(1, Ordering::SeqCst)) % 100;
-                    let fault = match roll {
-                        r if r >= FAULT_PERCENT => None,
-                        0..=1 => Some(Fault::Reset),
-                        2..=3 => Some(Fault::Silence),
-                        4..=5 => Some(Fault::Status500),
-                        6..=7 => Some(Fault::Throttling),
-                        8 => Some(Fault::DripInTime),
-                        _ => Some(Fault::DripTooSlow),
-                    };
-                    let forward = |req: Vec<u8>| async move {
-                        let mut up = TcpStream::connect(upstream).await.ok()?;
-                        let _ = up.set_nodelay(true);
-                        up.write_all(&req).await.ok()?;
-                        read_response(&mut up).await
-                    };
-                    let Some(fault) = fault else {
-                        passed.fetch_add(1, Ordering::SeqCst);
-                        let Some(resp) = forward(req).await else { return };
-                        if client.write_all(&resp).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    };
-                    *faults.lock().unwrap().entry(fault).or_insert(0) += 1;
-                    let reply = |status: u16, body: &str| {
-                        format!(
-                            "HTTP/1.1 {status} X\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        )
-                    };
-                    match fault {
-                        Fault::Reset => {
-                            let _ = client.set_zero_linger();
-                            return;
-                        }
-                        Fault::Silence => {
-                            tokio::time::sleep(Duration::from_secs(5)).await;
-                            return;
-                        }
-                        Fault::Status500 => {
-                            if client.write_all(reply(500, INTERNAL).as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                        Fault::Throttling => {
-                            if client.write_all(reply(400, THROTTLING).as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                        Fault::DripInTime | Fault::DripTooSlow => {
-                            // STS's real answer, a few bytes at a time: in time (allowed if the
-                            // identity is), or too slow for the transport's timeout.
-                            let Some(whole) = forward(req).await else { return };
-                            let pause = if fault == Fault::DripInTime { 2 } else { 50 };
-                            for piece in whole.chunks(64) {
-                                if client.write_all(piece).await.is_err() {
-                                    return;
-                                }
-                                tokio::time::sleep(Duration::from_millis(pause)).await;
-                            }
-                        }
-                    }
+    let server = Loopback::start(move |mut client, req| {
+        let (faults, passed, tampered, counter) = (f.clone(), p.clone(), t.clone(), counter.clone());
+        async move {
+            if req.windows(20).any(|w| w == b"AKIASOAKTAMPERED0001") {
+                tampered.fetch_add(1, Ordering::SeqCst);
+            }
+            let roll = splitmix(counter.fetch_add(1, Ordering::SeqCst)) % 100;
+            let fault = match roll {
+                r if r >= FAULT_PERCENT => None,
+                0..=1 => Some(Fault::Reset),
+                2..=3 => Some(Fault::Silence),
+                4..=5 => Some(Fault::Status500),
+                6..=7 => Some(Fault::Throttling),
+                8 => Some(Fault::DripInTime),
+                _ => Some(Fault::DripTooSlow),
+            };
+            let forward = |req: Vec<u8>| async move {
+                let mut up = TcpStream::connect(upstream).await.ok()?;
+                let _ = up.set_nodelay(true);
+                up.write_all(&req).await.ok()?;
+                loopback::read_message(&mut up).await
+            };
+            let Some(fault) = fault else {
+                passed.fetch_add(1, Ordering::SeqCst);
+                let resp = forward(req).await?;
+                client.write_all(&resp).await.ok()?;
+                return Some(client);
+            };
+            *faults.lock().unwrap().entry(fault).or_insert(0) += 1;
+            match fault {
+                Fault::Reset => {
+                    let _ = client.set_zero_linger();
+                    None
                 }
-            });
+                Fault::Silence => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    None
+                }
+                Fault::Status500 => {
+                    client.write_all(&loopback::reply(500, "text/xml", INTERNAL.as_bytes())).await.ok()?;
+                    Some(client)
+                }
+                Fault::Throttling => {
+                    client.write_all(&loopback::reply(400, "text/xml", THROTTLING.as_bytes())).await.ok()?;
+                    Some(client)
+                }
+                Fault::DripInTime | Fault::DripTooSlow => {
+                    // STS's real answer, a few bytes at a time: in time (allowed if the identity
+                    // is), or too slow for the transport's timeout.
+                    let whole = forward(req).await?;
+                    let pause = if fault == Fault::DripInTime { 2 } else { 50 };
+                    for piece in whole.chunks(64) {
+                        client.write_all(piece).await.ok()?;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
+                    Some(client)
+                }
+            }
         }
-    });
-    Proxy { addr, faults, passed, tampered_seen, task }
+    })
+    .await;
+    Proxy { server, faults, passed, tampered_seen }
 }
 
 /// Resident and peak resident memory of this process, in KiB (Linux `/proc/self/status`).
@@ -272,7 +226,7 @@ async fn soak(joins: usize) {
     let emulator = StsEmulator::start(principals()).await.unwrap();
     let proxy = fault_proxy(emulator.addr()).await;
     let transport = ReqwestTransport::builder()
-        .endpoint_override(EndpointOverride::Url(format!("http://{}/", proxy.addr)))
+        .endpoint_override(EndpointOverride::Url(format!("http://{}/", proxy.server.addr())))
         .connect_timeout(TRANSPORT_TIMEOUT)
         .timeout(TRANSPORT_TIMEOUT)
         .build()
