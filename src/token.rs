@@ -325,12 +325,19 @@ impl TokenSet {
     }
 }
 
-fn printable_name(name: &str) -> String {
+/// An attacker-chosen token name as it may appear in logs and errors: at most 128 characters,
+/// then `...`.
+pub(crate) fn truncated_name(name: &str) -> String {
     let mut s: String = name.chars().take(128).collect();
     if s.len() < name.len() {
         s.push_str("...");
     }
-    format!("{s:?}")
+    s
+}
+
+/// [`truncated_name`], quoted and escaped for an error message.
+fn printable_name(name: &str) -> String {
+    format!("{:?}", truncated_name(name))
 }
 
 fn invalid(problems: Vec<Problem>) -> Error {

@@ -20,7 +20,7 @@ use crate::request::{RequestPolicy, StsRequest};
 #[cfg(feature = "io")]
 use crate::response::StsResponse;
 use crate::response::{StsAnswer, parse_sts_response};
-use crate::token::{Role, Token, TokenSet};
+use crate::token::{Role, Token, TokenSet, truncated_name};
 #[cfg(feature = "io")]
 use crate::{organizations::OrganizationsClient, transport::StsTransport};
 
@@ -220,14 +220,6 @@ fn token_invalid(detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::TokenInvalid, detail)
 }
 
-/// An attacker-chosen token name as it may appear in logs and errors: at most 128 characters.
-pub(crate) fn shown_token_name(name: &str) -> String {
-    let mut s: String = name.chars().take(128).collect();
-    if s.len() < name.len() {
-        s.push_str("...");
-    }
-    s
-}
 
 impl Verifier {
     /// A verifier for the sans-IO state machine only ([`Verifier::prepare`],
@@ -320,7 +312,7 @@ impl Verifier {
     ) -> Result<Prepared, Error> {
         let span = tracing::info_span!(
             "iam_join.prepare",
-            token = shown_token_name(token_name),
+            token = truncated_name(token_name),
             outcome = tracing::field::Empty
         );
         let _enter = span.enter();
@@ -340,7 +332,7 @@ impl Verifier {
         let tokens = self.inner.tokens.load();
         let token = tokens.lookup(token_name)?.clone();
         if token.is_expired(now) {
-            return Err(token_invalid(format!("token {:?} has expired", shown_token_name(token_name))));
+            return Err(token_invalid(format!("token {:?} has expired", truncated_name(token_name))));
         }
         let request = StsRequest::parse(raw_request, challenge, &self.inner.policy, now)?;
         Ok(Prepared { token, request })
@@ -444,7 +436,7 @@ impl Verifier {
         use tracing::field::Empty;
         let span = tracing::info_span!(
             "iam_join.verify",
-            token = shown_token_name(token_name),
+            token = truncated_name(token_name),
             outcome = Empty,
             endpoint = Empty,
             sts_request_id = Empty,
@@ -498,7 +490,7 @@ impl Verifier {
         if self.inner.organizations.is_none() && prepared.token.matcher().organization_rules().next().is_some() {
             return Err(token_invalid(format!(
                 "token {:?} uses aws_organization_id rules but this verifier has no Organizations lookup configured",
-                shown_token_name(token_name)
+                truncated_name(token_name)
             )));
         }
         span.record("endpoint", prepared.request.endpoint().host());
@@ -636,9 +628,9 @@ mod tests {
 
     #[test]
     fn token_names_in_logs_are_bounded() {
-        assert_eq!(shown_token_name("t"), "t");
-        assert_eq!(shown_token_name(&"x".repeat(10_000)).len(), 131);
-        assert_eq!(shown_token_name(&"\u{e9}".repeat(200)).chars().count(), 131);
+        assert_eq!(truncated_name("t"), "t");
+        assert_eq!(truncated_name(&"x".repeat(10_000)).len(), 131);
+        assert_eq!(truncated_name(&"\u{e9}".repeat(200)).chars().count(), 131);
     }
 
     #[test]
