@@ -157,8 +157,8 @@ pub use rule::{MAX_ARN_PATTERN_LEN, OrganizationalUnits, OuInclude, Rule};
 pub use token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, Role, Token, TokenSet};
 #[cfg(feature = "io")]
 pub use transport::{
-    BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride, ReqwestTransport,
-    ReqwestTransportBuilder, StsTransport, TrustRoots,
+    AwsCall, AwsTransport, BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride,
+    ReqwestTransport, ReqwestTransportBuilder, StsTransport, TrustRoots,
 };
 pub use verifier::{Concluded, DEFAULT_DEADLINE, DEFAULT_RETRIES, MembershipQuery, Prepared, Verdict, Verifier};
 

@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind};
 pub use crate::membership::Membership;
 use crate::response::StsResponse;
 use crate::rule::is_org_id;
-use crate::transport::ReqwestTransport;
+use crate::transport::{AwsCall, AwsTransport};
 
 /// Default time a looked-up membership is trusted.
 pub const DEFAULT_ORG_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
@@ -248,18 +248,25 @@ fn organizations_endpoint(partition: Partition) -> Result<(&'static str, &'stati
 /// Looks up where accounts sit, with the AWS Organizations API and the auth server's own
 /// credentials (not the joining agent's): `DescribeAccount` for the organization, then
 /// `ListParents` up to the root. Requests are AWS JSON 1.1, signed with `aws-sigv4`, and go
-/// through a [`ReqwestTransport`] (verified TLS, timeouts, caps, no redirects; its endpoint
-/// override redirects these calls, keeping the signed host). Results are cached ([`OrgCache`]).
+/// through an [`AwsTransport`], the same kind of transport as STS's (the default
+/// `ReqwestTransport`: verified TLS, timeouts, caps, no redirects; its endpoint override redirects
+/// these calls too, keeping the signed host). Results are cached ([`OrgCache`]).
 #[derive(Debug)]
 pub struct OrganizationsClient {
     credentials: Credentials,
-    transport: ReqwestTransport,
+    transport: Arc<dyn AwsTransport>,
     cache: OrgCache,
 }
 
 impl OrganizationsClient {
     /// A client with the default cache (5 minutes, 100,000 accounts).
-    pub fn new(credentials: Credentials, transport: ReqwestTransport) -> Self {
+    pub fn new(credentials: Credentials, transport: impl AwsTransport + 'static) -> Self {
+        Self::with_shared_transport(credentials, Arc::new(transport))
+    }
+
+    /// Like [`OrganizationsClient::new`], sharing a transport (and its connection pool), for
+    /// example with the verifier's STS calls.
+    pub fn with_shared_transport(credentials: Credentials, transport: Arc<dyn AwsTransport>) -> Self {
         Self { credentials, transport, cache: OrgCache::default() }
     }
 
@@ -318,10 +325,15 @@ impl OrganizationsClient {
             [("host", host), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", target.as_str())];
         let added = sign_headers(&self.credentials, "organizations", region, host, &headers, body.as_bytes(), now)?;
         let all = headers.iter().copied().chain(added.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        self.transport
-            .post("Organizations", host, all, body.into_bytes(), MAX_ORGANIZATIONS_RESPONSE_BYTES)
-            .await
-            .map_err(|e| e.into_kind(ErrorKind::LookupFailed))
+        let headers: Vec<(&str, &str)> = all.collect();
+        let call = AwsCall {
+            service: "Organizations",
+            host,
+            headers,
+            body: body.as_bytes(),
+            max_body: MAX_ORGANIZATIONS_RESPONSE_BYTES,
+        };
+        self.transport.call(call).await.map_err(|e| e.into_kind(ErrorKind::LookupFailed))
     }
 }
 

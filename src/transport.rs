@@ -209,11 +209,6 @@ impl ReqwestTransport {
         ReqwestTransportBuilder::default()
     }
 
-    async fn exchange(&self, request: &StsRequest) -> Result<StsResponse, Error> {
-        let (host, body) = (request.endpoint().host(), request.body().to_vec());
-        self.post("STS", host, request.headers(), body, MAX_STS_RESPONSE_BYTES).await
-    }
-
     /// POSTs `body` to `https://{host}/` (or the override) with exactly these headers, `Host`
     /// included, under the same rules for every AWS service it carries: verified TLS, no
     /// redirects, timeouts, the body read up to `max_body` (+1 byte, for the parser to refuse).
@@ -271,8 +266,57 @@ fn unavailable(service: &str, e: reqwest::Error) -> Error {
     Error::new(ErrorKind::StsUnavailable, format!("{service} request {what}")).with_retryable(true).with_source(e)
 }
 
-impl StsTransport for ReqwestTransport {
+impl AwsTransport for ReqwestTransport {
+    fn call<'a>(&'a self, call: AwsCall<'a>) -> BoxFuture<'a, Result<StsResponse, Error>> {
+        Box::pin(async move {
+            let body = call.body.to_vec();
+            self.post(call.service, call.host, call.headers.iter().copied(), body, call.max_body).await
+        })
+    }
+}
+
+/// One signed AWS call as the crate makes it: `POST https://{host}/` with exactly `headers`
+/// (`host` included) and `body`, for `service` (named in error messages), reading at most
+/// `max_body` bytes of the answer (+1, so the parser can refuse an oversized one).
+#[non_exhaustive]
+#[derive(Debug)]
+pub struct AwsCall<'a> {
+    /// The service, for messages: `"STS"`, `"Organizations"`.
+    pub service: &'static str,
+    /// The signed host; the request goes to `https://{host}/` (or the transport's override).
+    pub host: &'a str,
+    /// Every header to send, as signed, `host` included.
+    pub headers: Vec<(&'a str, &'a str)>,
+    /// The body, as signed.
+    pub body: &'a [u8],
+    /// The largest answer body the caller will read.
+    pub max_body: usize,
+}
+
+impl<'a> AwsCall<'a> {
+    /// The STS call for a validated request.
+    pub fn sts(request: &'a StsRequest) -> Self {
+        Self {
+            service: "STS",
+            host: request.endpoint().host(),
+            headers: request.headers().collect(),
+            body: request.body(),
+            max_body: MAX_STS_RESPONSE_BYTES,
+        }
+    }
+}
+
+/// The one HTTP trait for the signed AWS calls the crate makes (STS and Organizations), so that
+/// overrides, caps, timeouts and TLS behave the same for both. [`ReqwestTransport`] implements
+/// it; every implementation is an [`StsTransport`] too. A failed exchange is
+/// [`Error::sts_unavailable`]; the Organizations client re-kinds it as `lookup_failed`.
+pub trait AwsTransport: Send + Sync + fmt::Debug {
+    /// Makes one call and returns the raw answer.
+    fn call<'a>(&'a self, call: AwsCall<'a>) -> BoxFuture<'a, Result<StsResponse, Error>>;
+}
+
+impl<T: AwsTransport + ?Sized> StsTransport for T {
     fn send<'a>(&'a self, request: &'a StsRequest) -> BoxFuture<'a, Result<StsResponse, Error>> {
-        Box::pin(self.exchange(request))
+        self.call(AwsCall::sts(request))
     }
 }

@@ -220,7 +220,6 @@ fn token_invalid(detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::TokenInvalid, detail)
 }
 
-
 impl Verifier {
     /// A verifier for the sans-IO state machine only ([`Verifier::prepare`],
     /// [`Verifier::conclude`], [`Verifier::resume`]), or for [`Verifier::verify_with`] with your

@@ -65,3 +65,44 @@ fn no_vector_is_left_out() {
     let listed: BTreeSet<String> = cases().into_iter().map(|c| c.0.to_owned()).collect();
     assert_eq!(on_disk, listed);
 }
+
+/// The Organizations client takes any `AwsTransport`, the same trait STS calls go through: a
+/// transport built only from the public API sees the signed call and its answer decides.
+#[tokio::test]
+async fn the_organizations_client_uses_any_aws_transport() {
+    use std::sync::{Arc, Mutex};
+
+    use iam_join::organizations::OrganizationsClient;
+    use iam_join::{AwsCall, AwsTransport, BoxFuture, Error, Membership, StsResponse};
+
+    #[derive(Debug, Default)]
+    struct Canned(Mutex<Vec<(String, String, String)>>);
+    impl AwsTransport for Canned {
+        fn call<'a>(&'a self, call: AwsCall<'a>) -> BoxFuture<'a, Result<StsResponse, Error>> {
+            let target = call.headers.iter().find(|(n, _)| *n == "x-amz-target").map(|(_, v)| v.to_string());
+            self.0.lock().unwrap().push((call.service.to_owned(), call.host.to_owned(), target.unwrap_or_default()));
+            Box::pin(async {
+                Ok(StsResponse {
+                    status: 400,
+                    content_type: Some("application/x-amz-json-1.1".into()),
+                    body: br#"{"__type":"AccountNotFoundException","Message":"x"}"#.to_vec(),
+                })
+            })
+        }
+    }
+    let canned = Arc::new(Canned::default());
+    let creds = iam_join::Credentials::new("AKIAORGREADER000000", "secret", None);
+    let client = OrganizationsClient::with_shared_transport(creds, canned.clone());
+    let account = iam_join::AccountId::parse("555555555555").unwrap();
+    let m = client.membership(iam_join::Partition::Aws, account, std::time::SystemTime::now()).await.unwrap();
+    assert_eq!(m, Membership::NotInOrganization);
+    let seen = canned.0.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [(
+            "Organizations".to_owned(),
+            "organizations.us-east-1.amazonaws.com".to_owned(),
+            "AWSOrganizationsV20161128.DescribeAccount".to_owned()
+        )]
+    );
+}
