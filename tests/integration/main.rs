@@ -12,6 +12,8 @@ mod faults;
 mod layers;
 mod matching;
 #[cfg(all(feature = "agent", feature = "emulator"))]
+mod observability;
+#[cfg(all(feature = "agent", feature = "emulator"))]
 mod org_rules;
 mod organizations;
 #[cfg(all(feature = "agent", feature = "emulator"))]
