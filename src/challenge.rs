@@ -1,8 +1,18 @@
-//! Join challenges: 32 random bytes, unpadded standard base64, as Teleport issues them.
+//! Join challenges: plain random ones, as Teleport issues them (32 random bytes, unpadded
+//! standard base64), and keyed ones ([`ChallengeKeys`]) that any replica holding the keys can
+//! check without shared state: expiring, bound to the token they were issued for, and MACed.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, ErrorKind};
 
 /// The header the challenge travels in unless configured otherwise (Teleport's).
 pub const DEFAULT_CHALLENGE_HEADER: &str = "x-teleport-challenge";
@@ -46,9 +56,302 @@ pub(crate) fn matches(received: &str, issued: &str) -> bool {
     received.len() == issued.len() && bool::from(received.as_bytes().ct_eq(issued.as_bytes()))
 }
 
+/// The shortest challenge key: 256 bits.
+pub const MIN_CHALLENGE_KEY_BYTES: usize = 32;
+/// How long a keyed challenge is valid unless configured otherwise.
+pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(5 * 60);
+/// The longest a keyed challenge may be valid: the request freshness window, past which the
+/// signed request would be refused anyway.
+pub const MAX_CHALLENGE_TTL: Duration = crate::request::MAX_CLOCK_SKEW;
+/// The longest key id: ids travel in every challenge.
+pub const MAX_KEY_ID_LEN: usize = 32;
+/// The random bytes in each keyed challenge.
+const NONCE_BYTES: usize = 16;
+/// What the MAC covers besides the fields: a domain separator, so the key signs nothing else.
+const MAC_DOMAIN: &[u8] = b"iam-join challenge v1";
+
+/// A secret key for keyed challenges: an id (travels in every challenge) and at least 256 bits.
+/// The secret is zeroized on drop and never printed: `Debug` shows the id and the length.
+#[derive(Clone)]
+pub struct ChallengeKey {
+    id: String,
+    secret: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for ChallengeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChallengeKey {{ id: {:?}, secret: <{} bytes> }}", self.id, self.secret.len())
+    }
+}
+
+fn config(detail: impl Into<String>) -> Error {
+    Error::config_invalid(detail)
+}
+
+fn mismatch(detail: impl Into<String>) -> Error {
+    Error::new(ErrorKind::ChallengeMismatch, detail)
+}
+
+impl ChallengeKey {
+    /// A key from its id (1 to 32 letters, digits, `-` or `_`) and secret (at least 32 bytes).
+    pub fn new(id: &str, secret: Vec<u8>) -> Result<Self, Error> {
+        let secret = Zeroizing::new(secret);
+        let id_ok = (1..=MAX_KEY_ID_LEN).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(config(format!(
+                "challenge key id {:?} must be 1 to {MAX_KEY_ID_LEN} letters, digits, - or _",
+                id.chars().take(40).collect::<String>()
+            )));
+        }
+        if secret.len() < MIN_CHALLENGE_KEY_BYTES {
+            return Err(config(format!(
+                "challenge key {id:?} has {} bytes; at least {MIN_CHALLENGE_KEY_BYTES} (256 bits) are required",
+                secret.len()
+            )));
+        }
+        Ok(Self { id: id.to_owned(), secret })
+    }
+
+    /// A fresh random 256-bit key.
+    pub fn generate(id: &str) -> Result<Self, Error> {
+        let mut secret = vec![0u8; MIN_CHALLENGE_KEY_BYTES];
+        getrandom::fill(&mut secret).map_err(|e| config(format!("no random source: {e}")))?;
+        Self::new(id, secret)
+    }
+
+    /// The key's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The key as one line of a key file, `ID:BASE64`. This is the secret: write it to the key
+    /// file and nowhere else.
+    pub fn to_line(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!("{}:{}", self.id, STANDARD.encode(self.secret.as_slice())))
+    }
+
+    fn mac(&self, expiry: u64, nonce: &str, token: &str) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        for part in [MAC_DOMAIN, self.id.as_bytes(), expiry.to_string().as_bytes(), nonce.as_bytes(), token.as_bytes()]
+        {
+            // Length-prefixed, so no two field lists give the same input.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+}
+
+/// A key ring for keyed challenges: one active key that issues, and older keys still accepted,
+/// so keys rotate without refusing challenges in flight. Shared by every replica, it lets any of
+/// them check a challenge another issued, with no shared state.
+///
+/// A challenge is `v1.KEYID.EXPIRY.NONCE.MAC`: the expiry in Unix seconds, 16 random bytes, and an
+/// HMAC-SHA256 over the version, key id, expiry, nonce and the token name it was issued for.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use iam_join::challenge::{ChallengeKey, ChallengeKeys};
+/// let keys = ChallengeKeys::new(ChallengeKey::generate("k1").unwrap());
+/// let now = SystemTime::now();
+/// let c = keys.issue("iam-token", now).unwrap();
+/// assert!(keys.check(&c, "iam-token", now).is_ok());
+/// assert!(keys.check(&c, "other-token", now).is_err());
+/// assert!(keys.check(&c, "iam-token", now + Duration::from_secs(301)).is_err());
+/// ```
+#[derive(Clone, Debug)]
+pub struct ChallengeKeys {
+    active: ChallengeKey,
+    older: Vec<ChallengeKey>,
+    ttl: Duration,
+}
+
+impl ChallengeKeys {
+    /// A ring with one active key and the default lifetime (5 minutes).
+    pub fn new(active: ChallengeKey) -> Self {
+        Self { active, older: Vec::new(), ttl: DEFAULT_CHALLENGE_TTL }
+    }
+
+    /// Also accepts challenges issued under `key` (a key being rotated out). Keep it until its
+    /// last challenge has expired: the lifetime after the rotation.
+    pub fn accept(mut self, key: ChallengeKey) -> Result<Self, Error> {
+        if key.id == self.active.id || self.older.iter().any(|k| k.id == key.id) {
+            return Err(config(format!("challenge key id {:?} is in the ring twice", key.id)));
+        }
+        self.older.push(key);
+        Ok(self)
+    }
+
+    /// How long issued challenges stay valid: at most [`MAX_CHALLENGE_TTL`] (15 minutes).
+    pub fn ttl(mut self, ttl: Duration) -> Result<Self, Error> {
+        if ttl.is_zero() || ttl > MAX_CHALLENGE_TTL {
+            return Err(config(format!(
+                "challenge lifetime {}s must be between 1s and {}s",
+                ttl.as_secs(),
+                MAX_CHALLENGE_TTL.as_secs()
+            )));
+        }
+        self.ttl = ttl;
+        Ok(self)
+    }
+
+    /// A key ring from a key file: one `ID:BASE64` key per line, the first line the active key;
+    /// blank lines and lines starting with `#` are skipped. Errors name the line, never the key.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = |what: &str| config(format!("challenge key file, line {}: {what}", n + 1));
+            let (id, b64) = line.split_once(':').ok_or_else(|| at("expected ID:BASE64"))?;
+            let secret = STANDARD.decode(b64.trim()).map_err(|_| at("the key is not base64"))?;
+            let key = ChallengeKey::new(id.trim(), secret).map_err(|e| at(e.detail()))?;
+            keys.push(key);
+        }
+        let mut keys = keys.into_iter();
+        let active = keys.next().ok_or_else(|| config("the challenge key file holds no key"))?;
+        keys.try_fold(Self::new(active), Self::accept)
+    }
+
+    /// The id of the key that issues.
+    pub fn active_id(&self) -> &str {
+        &self.active.id
+    }
+
+    /// Issues a challenge for `token`, valid until `now` + the lifetime.
+    pub fn issue(&self, token: &str, now: SystemTime) -> Result<String, Error> {
+        let expiry = unix(now) + self.ttl.as_secs();
+        let mut nonce = [0u8; NONCE_BYTES];
+        getrandom::fill(&mut nonce).map_err(|e| config(format!("no random source: {e}")))?;
+        let nonce = URL_SAFE_NO_PAD.encode(nonce);
+        let mac = URL_SAFE_NO_PAD.encode(self.active.mac(expiry, &nonce, token).finalize().into_bytes());
+        Ok(format!("v1.{}.{expiry}.{nonce}.{mac}", self.active.id))
+    }
+
+    /// When `challenge` expires: it is a challenge this ring issued (or accepts) for `token`, its
+    /// MAC is valid (compared in constant time) and it has not expired at `now`. Each refusal is
+    /// `challenge_mismatch`, with a message that names the reason but never the key.
+    pub fn check(&self, challenge: &str, token: &str, now: SystemTime) -> Result<SystemTime, Error> {
+        let mut parts = challenge.split('.');
+        let (Some("v1"), Some(kid), Some(expiry), Some(nonce), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(mismatch("the challenge is not a keyed challenge of this server (v1.KEY.EXPIRY.NONCE.MAC)"));
+        };
+        let key = std::iter::once(&self.active)
+            .chain(&self.older)
+            .find(|k| k.id == kid)
+            .ok_or_else(|| mismatch("the challenge names a key this server does not hold"))?;
+        let expiry_secs: u64 = (expiry.len() <= 12 && expiry.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| expiry.parse().ok())
+            .flatten()
+            .ok_or_else(|| mismatch("the challenge's expiry is not a time"))?;
+        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| mismatch("the challenge's MAC is not base64"))?;
+        key.mac(expiry_secs, nonce, token)
+            .verify_slice(&mac)
+            .map_err(|_| mismatch("the challenge's MAC does not match: forged, or issued for another token"))?;
+        let expires = UNIX_EPOCH + Duration::from_secs(expiry_secs);
+        if expires <= now {
+            return Err(mismatch("the challenge has expired; the agent must ask for a new one"));
+        }
+        if expires > now + MAX_CHALLENGE_TTL {
+            return Err(mismatch("the challenge expires further ahead than any this server issues"));
+        }
+        Ok(expires)
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(id: &str, byte: u8) -> ChallengeKey {
+        ChallengeKey::new(id, vec![byte; 32]).unwrap()
+    }
+
+    #[test]
+    fn keyed_challenges_are_bound_expiring_and_rotatable() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let old = ChallengeKeys::new(key("k1", 1));
+        let c = old.issue("t", now).unwrap();
+        assert!(c.starts_with("v1.k1.1800000300."), "{c}");
+        assert!(c.len() >= MIN_CHALLENGE_LEN && c.bytes().all(|b| b.is_ascii_graphic()));
+        assert_eq!(old.check(&c, "t", now).unwrap(), UNIX_EPOCH + Duration::from_secs(1_800_000_300));
+        // Rotation: the new active key issues; the old one is still accepted.
+        let ring = ChallengeKeys::new(key("k2", 2)).accept(key("k1", 1)).unwrap();
+        assert!(ring.check(&c, "t", now).is_ok());
+        assert!(ring.issue("t", now).unwrap().starts_with("v1.k2."));
+        // Dropped from the ring: refused.
+        let new_only = ChallengeKeys::new(key("k2", 2));
+        let refused = |keys: &ChallengeKeys, c: &str, token: &str, at: SystemTime| {
+            let e = keys.check(c, token, at).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ChallengeMismatch);
+            e.detail().to_owned()
+        };
+        assert!(refused(&new_only, &c, "t", now).contains("does not hold"));
+        assert!(refused(&old, &c, "u", now).contains("another token"));
+        assert!(refused(&old, &c, "t", now + Duration::from_secs(300)).contains("expired"));
+        // A same-id key with another secret: forged.
+        assert!(refused(&ChallengeKeys::new(key("k1", 9)), &c, "t", now).contains("MAC does not match"));
+        // Edited fields break the MAC.
+        let later = c.replace(".1800000300.", ".1800000900.");
+        assert!(refused(&old, &later, "t", now).contains("MAC does not match"));
+        for bad in ["", "v2.k1.1.a.b", "v1.k1.x.a.b", "v1.k1.1.a", "v1.k1.1.a.b.c", &"v1.k1.1.a.".repeat(2)] {
+            refused(&old, bad, "t", now);
+        }
+        // A plain random challenge is not keyed.
+        refused(&old, &generate().unwrap(), "t", now);
+    }
+
+    #[test]
+    fn lifetimes_are_bounded_by_the_freshness_window() {
+        let ring = ChallengeKeys::new(key("k1", 1));
+        assert!(ring.clone().ttl(Duration::from_secs(15 * 60)).is_ok());
+        assert_eq!(ring.clone().ttl(Duration::from_secs(15 * 60 + 1)).unwrap_err().kind(), ErrorKind::ConfigInvalid);
+        assert!(ring.ttl(Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn keys_are_256_bits_named_plainly_and_never_printed() {
+        assert_eq!(ChallengeKey::new("k1", vec![7; 31]).unwrap_err().kind(), ErrorKind::ConfigInvalid);
+        assert!(ChallengeKey::new("k 1", vec![7; 32]).is_err());
+        assert!(ChallengeKey::new("", vec![7; 32]).is_err());
+        let k = key("k1", 7);
+        assert_eq!(format!("{k:?}"), "ChallengeKey { id: \"k1\", secret: <32 bytes> }");
+        let ring = ChallengeKeys::new(k.clone());
+        assert!(!format!("{ring:?}").contains(&STANDARD.encode([7u8; 32])));
+        assert!(ChallengeKeys::new(k.clone()).accept(k).is_err(), "one id once");
+    }
+
+    #[test]
+    fn key_files_name_the_line_and_never_the_key() {
+        let a = key("active", 1).to_line();
+        let b = key("older", 2).to_line();
+        let ring = ChallengeKeys::parse(&format!("# keys\n{}\n\n{}\n", *a, *b)).unwrap();
+        assert_eq!(ring.active_id(), "active");
+        let c = ChallengeKeys::new(key("older", 2)).issue("t", SystemTime::now()).unwrap();
+        assert!(ring.check(&c, "t", SystemTime::now()).is_ok(), "older keys are accepted");
+        let short = format!("k:{}", STANDARD.encode([5u8; 16]));
+        for (text, says) in [
+            ("", "holds no key"),
+            ("nocolon", "line 1: expected ID:BASE64"),
+            ("k:not base64!", "line 1: the key is not base64"),
+            (short.as_str(), "line 1: challenge key \"k\" has 16 bytes"),
+        ] {
+            let e = ChallengeKeys::parse(text).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
+            assert!(e.detail().contains(says), "{text:?}: {e}");
+            assert!(!e.to_string().contains(&STANDARD.encode([5u8; 16])), "the key is never echoed");
+        }
+    }
 
     #[test]
     fn generated_challenge_is_43_base64_chars_of_32_bytes() {

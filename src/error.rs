@@ -30,6 +30,12 @@ pub enum ErrorKind {
     NotAllowed,
     /// An AWS Organizations lookup failed.
     LookupFailed,
+    /// The challenge (and so the signed request) was already used for a join: a replay, refused
+    /// by the replay guard before anything reached STS.
+    ChallengeReplayed,
+    /// The replay guard's store could not answer, so single use could not be ensured: the join
+    /// fails closed. Retryable.
+    ReplayStoreUnavailable,
     /// Not a join outcome: the caller's setup is wrong (a builder value, a key, a flag, an issued
     /// challenge too short to be one). Kept apart so that per-kind dashboards of joins stay true.
     ConfigInvalid,
@@ -49,12 +55,14 @@ impl ErrorKind {
             Self::StsResponseInvalid => "sts_response_invalid",
             Self::NotAllowed => "not_allowed",
             Self::LookupFailed => "lookup_failed",
+            Self::ChallengeReplayed => "challenge_replayed",
+            Self::ReplayStoreUnavailable => "replay_store_unavailable",
             Self::ConfigInvalid => "config_invalid",
         }
     }
 
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 13] = [
         Self::TokenInvalid,
         Self::MalformedRequest,
         Self::UntrustedEndpoint,
@@ -65,6 +73,8 @@ impl ErrorKind {
         Self::StsResponseInvalid,
         Self::NotAllowed,
         Self::LookupFailed,
+        Self::ChallengeReplayed,
+        Self::ReplayStoreUnavailable,
         Self::ConfigInvalid,
     ];
 }
@@ -211,6 +221,12 @@ impl Error {
             .with_source(source)
     }
 
+    /// `replay_store_unavailable`, retryable, for a replay guard of the caller's own whose store
+    /// could not answer: the join fails closed.
+    pub fn new_replay_store_unavailable(detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ReplayStoreUnavailable, detail).with_retryable(true)
+    }
+
     /// `config_invalid`: a setup mistake of the caller's, not a join outcome.
     pub fn config_invalid(detail: impl Into<String>) -> Self {
         Self::new(ErrorKind::ConfigInvalid, detail)
@@ -279,7 +295,7 @@ impl Error {
 
     /// Whether retrying the same verification later may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.retryable.unwrap_or(matches!(self.kind, ErrorKind::StsUnavailable))
+        self.retryable.unwrap_or(matches!(self.kind, ErrorKind::StsUnavailable | ErrorKind::ReplayStoreUnavailable))
     }
 }
 
@@ -318,6 +334,8 @@ mod tests {
                 "sts_response_invalid",
                 "not_allowed",
                 "lookup_failed",
+                "challenge_replayed",
+                "replay_store_unavailable",
                 "config_invalid",
             ]
         );

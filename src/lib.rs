@@ -85,8 +85,9 @@
 //!
 //! Every refusal has one stable [`ErrorKind`]: `token_invalid`, `malformed_request`,
 //! `untrusted_endpoint`, `challenge_mismatch`, `request_expired`, `signature_rejected`,
-//! `sts_unavailable` (retryable), `sts_response_invalid`, `not_allowed`, `lookup_failed`.
-//! `config_invalid` is not a join outcome: it reports a setup mistake (a verifier without a
+//! `sts_unavailable` (retryable), `sts_response_invalid`, `not_allowed`, `lookup_failed`, and,
+//! with a replay guard, `challenge_replayed` and `replay_store_unavailable` (retryable; the join
+//! fails closed). `config_invalid` is not a join outcome: it reports a setup mistake (a verifier without a
 //! transport, an issued challenge shorter than [`challenge::MIN_CHALLENGE_LEN`], bad builder
 //! values, missing credentials), so that per-kind dashboards of joins stay true.
 //!
@@ -133,6 +134,8 @@ mod matcher;
 mod membership;
 #[cfg(feature = "io")]
 pub mod organizations;
+#[cfg(feature = "io")]
+mod replay;
 mod request;
 mod response;
 mod rule;
@@ -149,6 +152,8 @@ pub use error::{Error, ErrorKind, Problem, Severity, StsErrorInfo};
 pub use identity::CallerIdentity;
 pub use matcher::{Check, Explanation, RuleMatcher, RuleOutcome};
 pub use membership::Membership;
+#[cfg(feature = "io")]
+pub use replay::{DEFAULT_REPLAY_GUARD_ENTRIES, MemoryReplayGuard, ReplayGuard};
 pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};
 pub use response::{
     MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer, StsResponse, parse_sts_response,

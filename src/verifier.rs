@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::arn::{AccountId, Partition};
-use crate::challenge;
+use crate::challenge::{self, ChallengeKeys};
 use crate::error::{Error, ErrorKind};
 use crate::identity::CallerIdentity;
 use crate::membership::Membership;
@@ -22,7 +22,11 @@ use crate::response::StsResponse;
 use crate::response::{StsAnswer, parse_sts_response};
 use crate::token::{Role, Token, TokenSet, truncated_name};
 #[cfg(feature = "io")]
-use crate::{organizations::OrganizationsClient, transport::StsTransport};
+use crate::{
+    organizations::OrganizationsClient,
+    replay::{ReplayGuard, claim_key},
+    transport::StsTransport,
+};
 
 /// Default number of retries after an `sts_unavailable` outcome (GetCallerIdentity is idempotent).
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -90,6 +94,9 @@ impl serde::Serialize for Verdict {
 pub struct Prepared {
     token: Arc<Token>,
     request: StsRequest,
+    /// Until when the challenge must stay claimed: the request's freshness window, or the keyed
+    /// challenge's expiry when that comes first.
+    claim_until: SystemTime,
 }
 
 /// What STS's answer concluded: a verdict, or the one lookup an organization rule needs.
@@ -154,6 +161,12 @@ impl Prepared {
     pub fn token(&self) -> &Token {
         &self.token
     }
+
+    /// Until when a replay guard must hold this join's challenge: after it, the signed request
+    /// is refused as expired (or its keyed challenge as expired) anyway.
+    pub fn claim_until(&self) -> SystemTime {
+        self.claim_until
+    }
 }
 
 /// Verifies iam joins against a token set. Cheap to share (`Arc` inside); `Send + Sync`.
@@ -176,6 +189,9 @@ struct Inner {
     /// Swapped whole by [`Verifier::replace_tokens`]; each verification reads it once.
     tokens: ArcSwap<TokenSet>,
     policy: RequestPolicy,
+    challenge_keys: Option<Arc<ChallengeKeys>>,
+    #[cfg(feature = "io")]
+    replay: Option<Arc<dyn ReplayGuard>>,
     retries: u32,
     deadline: Duration,
     #[cfg(feature = "io")]
@@ -229,6 +245,9 @@ impl Verifier {
             inner: Arc::new(Inner {
                 tokens: ArcSwap::from_pointee(tokens),
                 policy,
+                challenge_keys: None,
+                #[cfg(feature = "io")]
+                replay: None,
                 retries: DEFAULT_RETRIES,
                 deadline: DEFAULT_DEADLINE,
                 #[cfg(feature = "io")]
@@ -267,6 +286,23 @@ impl Verifier {
         self.map(|i| i.organizations = Some(client))
     }
 
+    /// Checks keyed challenges with this key ring ([`Verifier::prepare_keyed`],
+    /// [`Verifier::verify_keyed`]): any replica holding the same keys accepts a challenge another
+    /// issued, for the token it was issued for, until it expires.
+    pub fn challenge_keys(self, keys: ChallengeKeys) -> Self {
+        let keys = Arc::new(keys);
+        self.map(|i| i.challenge_keys = Some(keys))
+    }
+
+    /// Claims each join's challenge in `guard` before the STS round trip, so one signed request
+    /// joins once: a replay is refused as `challenge_replayed`, and a store that cannot answer
+    /// fails the join closed as `replay_store_unavailable`. Share one guard (or one shared
+    /// store) between every verifier that may see the same requests.
+    #[cfg(feature = "io")]
+    pub fn replay_guard(self, guard: Arc<dyn ReplayGuard>) -> Self {
+        self.map(|i| i.replay = Some(guard))
+    }
+
     /// Bound on one whole verification, retries included (default 15 s).
     pub fn deadline(self, deadline: Duration) -> Self {
         self.map(|i| i.deadline = deadline)
@@ -276,6 +312,9 @@ impl Verifier {
         let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
             tokens: ArcSwap::new(arc.tokens.load_full()),
             policy: arc.policy.clone(),
+            challenge_keys: arc.challenge_keys.clone(),
+            #[cfg(feature = "io")]
+            replay: arc.replay.clone(),
             retries: arc.retries,
             deadline: arc.deadline,
             #[cfg(feature = "io")]
@@ -334,7 +373,24 @@ impl Verifier {
             return Err(token_invalid(format!("token {:?} has expired", truncated_name(token_name))));
         }
         let request = StsRequest::parse(raw_request, challenge, &self.inner.policy, now)?;
-        Ok(Prepared { token, request })
+        let claim_until = request.signed_at() + self.inner.policy.skew();
+        Ok(Prepared { token, request, claim_until })
+    }
+
+    /// [`Verifier::prepare`] for a keyed challenge: reads the challenge the agent signed, checks
+    /// it against the key ring ([`Verifier::challenge_keys`]) for `token_name` (MAC, key id,
+    /// expiry), then prepares with it. Refusals: `challenge_mismatch` for a forged, expired or
+    /// misbound challenge; `config_invalid` without a key ring.
+    pub fn prepare_keyed(&self, token_name: &str, raw_request: &[u8], now: SystemTime) -> Result<Prepared, Error> {
+        let keys =
+            self.inner.challenge_keys.as_ref().ok_or_else(|| {
+                Error::config_invalid("keyed challenges need a key ring: set Verifier::challenge_keys")
+            })?;
+        let challenge = StsRequest::peek_challenge(raw_request, &self.inner.policy, now)?;
+        let expires = keys.check(&challenge, token_name, now)?;
+        let mut prepared = self.prepare(token_name, &challenge, raw_request, now)?;
+        prepared.claim_until = prepared.claim_until.min(expires);
+        Ok(prepared)
     }
 
     /// Reads STS's answer to a prepared request and matches the identity against the token:
@@ -399,6 +455,22 @@ impl Verifier {
         self.verify_with(token_name, challenge, raw_request, now, send).await
     }
 
+    /// [`Verifier::verify`] for a keyed challenge ([`Verifier::prepare_keyed`]): the agent's
+    /// request carries a challenge issued by any replica with the same key ring.
+    pub async fn verify_keyed(&self, token_name: &str, raw_request: &[u8], now: SystemTime) -> Result<Verdict, Error> {
+        let Some(transport) = self.inner.transport.clone() else {
+            return Err(Error::new(
+                ErrorKind::ConfigInvalid,
+                "this verifier has no transport: build it with Verifier::new, or call verify_with",
+            ));
+        };
+        let send = move |request: StsRequest| {
+            let transport = Arc::clone(&transport);
+            async move { transport.send(&request).await }
+        };
+        self.run(token_name, Issued::Keyed, raw_request, now, send).await
+    }
+
     /// [`Verifier::verify`] with your own round trip: `send` makes one HTTP exchange of the
     /// rebuilt request it is given ([`StsRequest::url`], [`StsRequest::headers`],
     /// [`StsRequest::body`]; a copy per attempt, so its future may borrow your client freely) and
@@ -431,6 +503,21 @@ impl Verifier {
         S: Fn(StsRequest) -> F,
         F: std::future::Future<Output = Result<StsResponse, Error>>,
     {
+        self.run(token_name, Issued::Plain(challenge), raw_request, now, send).await
+    }
+
+    async fn run<S, F>(
+        &self,
+        token_name: &str,
+        issued: Issued<'_>,
+        raw_request: &[u8],
+        now: SystemTime,
+        send: S,
+    ) -> Result<Verdict, Error>
+    where
+        S: Fn(StsRequest) -> F,
+        F: std::future::Future<Output = Result<StsResponse, Error>>,
+    {
         use tracing::Instrument as _;
         use tracing::field::Empty;
         let span = tracing::info_span!(
@@ -445,7 +532,7 @@ impl Verifier {
             total_us = Empty,
         );
         let started = Instant::now();
-        let result = self.drive(token_name, challenge, raw_request, now, &send, &span).instrument(span.clone()).await;
+        let result = self.drive(token_name, issued, raw_request, now, &send, &span).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(_) => "allowed",
             Err(e) => e.kind().as_str(),
@@ -472,7 +559,7 @@ impl Verifier {
     async fn drive<S, F>(
         &self,
         token_name: &str,
-        challenge: &str,
+        issued: Issued<'_>,
         raw_request: &[u8],
         now: SystemTime,
         send: &S,
@@ -483,7 +570,10 @@ impl Verifier {
         F: std::future::Future<Output = Result<StsResponse, Error>>,
     {
         let t0 = Instant::now();
-        let prepared = self.prepare(token_name, challenge, raw_request, now);
+        let prepared = match issued {
+            Issued::Plain(challenge) => self.prepare(token_name, challenge, raw_request, now),
+            Issued::Keyed => self.prepare_keyed(token_name, raw_request, now),
+        };
         span.record("prepare_us", t0.elapsed().as_micros() as u64);
         let prepared = prepared?;
         if self.inner.organizations.is_none() && prepared.token.matcher().organization_rules().next().is_some() {
@@ -493,6 +583,16 @@ impl Verifier {
             )));
         }
         span.record("endpoint", prepared.request.endpoint().host());
+        // Single use: claimed after every local check, before anything is sent.
+        if let Some(guard) = &self.inner.replay {
+            let key = claim_key(prepared.request.signed_challenge());
+            if !guard.claim(&key, prepared.claim_until, now).await? {
+                return Err(Error::new(
+                    ErrorKind::ChallengeReplayed,
+                    "this challenge was already used for a join; the agent must ask for a new one",
+                ));
+            }
+        }
 
         // Retries stop at the deadline and before the request would no longer be fresh.
         let age = now.duration_since(prepared.request.signed_at()).unwrap_or(Duration::ZERO);
@@ -572,6 +672,15 @@ fn organization_candidates(prepared: &Prepared, answer: &StsAnswer) -> Vec<usize
         candidates.retain(|&i| i < plain);
     }
     candidates
+}
+
+/// The challenge a verification checks: the one the caller issued, or a keyed one read from the
+/// request and checked against the key ring.
+#[cfg(feature = "io")]
+#[derive(Clone, Copy)]
+enum Issued<'a> {
+    Plain(&'a str),
+    Keyed,
 }
 
 /// One step of the machine after STS answered: decide now, or ask for a membership.
@@ -656,7 +765,7 @@ mod tests {
         let challenge = std::fs::read_to_string(format!("{vectors}CHALLENGE")).unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_878_000);
         let request = StsRequest::parse(&raw, challenge.trim(), &RequestPolicy::new(), at).unwrap();
-        let prepared = Prepared { token, request };
+        let prepared = Prepared { token, request, claim_until: at };
         let answer = || StsAnswer { identity: identity.clone(), request_id: None };
         let v = Verifier::sans_io(tokens, RequestPolicy::new());
         let Ok(Concluded::NeedsMembership(q)) = step(&prepared, answer()) else { panic!("rule 0 must ask") };

@@ -232,6 +232,18 @@ fn match_explains_organization_rules_offline() {
 }
 
 #[test]
+fn challenge_key_prints_a_key_file_line_the_library_reads() {
+    let out = run(&["challenge-key", "--id", "2026-11"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let keys = iam_join::challenge::ChallengeKeys::parse(&line).unwrap();
+    assert_eq!(keys.active_id(), "2026-11");
+    let again = String::from_utf8(run(&["challenge-key", "--id", "2026-11"], None).stdout).unwrap();
+    assert_ne!(line, again, "fresh every time");
+    assert_eq!(run(&["challenge-key", "--id", "bad id"], None).status.code(), Some(2));
+}
+
+#[test]
 fn challenge_prints_a_fresh_one() {
     let out = run(&["challenge"], None);
     assert_eq!(out.status.code(), Some(0));

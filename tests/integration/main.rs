@@ -19,6 +19,8 @@ mod organizations;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod pipeline;
 mod properties;
+#[cfg(all(feature = "agent", feature = "emulator"))]
+mod replicas;
 mod requests;
 mod sts_responses;
 mod tokens;

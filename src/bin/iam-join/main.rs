@@ -85,6 +85,16 @@ enum Command {
     },
     /// Print a fresh challenge (32 random bytes, unpadded base64).
     Challenge,
+    /// Print a fresh 256-bit key for keyed challenges, as one `ID:BASE64` line of a key file
+    /// (the first line of the file is the active key). The line is the secret: put it in the
+    /// key file and nowhere else.
+    ///
+    /// Example: iam-join challenge-key --id 2026-11 >> challenge-keys
+    ChallengeKey {
+        /// The key's id (letters, digits, - or _), carried in every challenge it issues.
+        #[arg(long, default_value = "k1")]
+        id: String,
+    },
     /// Walk through allowed and refused joins against an embedded STS emulator (no AWS account,
     /// no network).
     Demo,
@@ -157,6 +167,12 @@ fn main() -> ExitCode {
         Command::Sign { challenge, region, fips, accept_json, challenge_header } => {
             sign::run(&challenge, region, fips, accept_json, &challenge_header)
         }
+        Command::ChallengeKey { id } => iam_join::challenge::ChallengeKey::generate(&id)
+            .map(|key| {
+                println!("{}", *key.to_line());
+                ExitCode::SUCCESS
+            })
+            .map_err(|e| Usage(e.detail().to_owned())),
         Command::Challenge => iam_join::challenge::generate()
             .map(|c| {
                 println!("{c}");

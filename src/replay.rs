@@ -1,0 +1,134 @@
+//! Single use of challenges across joins (and, with a shared store, across auth-server
+//! replicas): the [`ReplayGuard`] trait and a bounded, expiring in-memory guard for one process.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+#[cfg(test)]
+use crate::error::ErrorKind;
+use crate::transport::BoxFuture;
+
+/// The default bound of [`MemoryReplayGuard`]: claims live at most 15 minutes, so this holds a
+/// sustained 110 joins a second.
+pub const DEFAULT_REPLAY_GUARD_ENTRIES: usize = 100_000;
+
+/// Claims challenges so that each signed request joins once. A claim is made only after every
+/// local check of the request has passed, and before the STS round trip, so neither a refused
+/// request nor a replay reaches STS.
+pub trait ReplayGuard: Send + Sync + fmt::Debug {
+    /// Claims `key` until `until`: `Ok(true)` when this call claimed it, `Ok(false)` when it was
+    /// claimed before and the claim has not expired at `now`. An error (the store could not
+    /// answer) fails the join closed, as `replay_store_unavailable`.
+    fn claim<'a>(&'a self, key: &'a str, until: SystemTime, now: SystemTime) -> BoxFuture<'a, Result<bool, Error>>;
+}
+
+/// The key a challenge is claimed under: its SHA-256, hex. Stores never hold the challenge.
+pub(crate) fn claim_key(challenge: &str) -> String {
+    let digest = Sha256::digest(challenge.as_bytes());
+    let mut key = String::with_capacity(11 + 64);
+    key.push_str("iam-join:c:");
+    for b in digest {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
+}
+
+/// The store could not answer: fail closed, retryably.
+pub(crate) fn store_unavailable(detail: impl Into<String>) -> Error {
+    Error::new_replay_store_unavailable(detail)
+}
+
+/// Single use within one process: claims in memory, expiring, at most `max_entries` at once.
+/// When full of unexpired claims it refuses new joins (`replay_store_unavailable`) rather than
+/// forget a claim. Behind a load balancer with several replicas, use a shared store instead:
+/// this guard cannot see another process's claims.
+#[derive(Debug)]
+pub struct MemoryReplayGuard {
+    claims: Mutex<HashMap<String, SystemTime>>,
+    max_entries: usize,
+}
+
+impl Default for MemoryReplayGuard {
+    fn default() -> Self {
+        Self::new(DEFAULT_REPLAY_GUARD_ENTRIES)
+    }
+}
+
+impl MemoryReplayGuard {
+    /// A guard holding at most `max_entries` unexpired claims.
+    pub fn new(max_entries: usize) -> Self {
+        Self { claims: Mutex::new(HashMap::new()), max_entries: max_entries.max(1) }
+    }
+
+    /// Unexpired and expired claims held now.
+    pub fn len(&self) -> usize {
+        self.claims.lock().map_or(0, |c| c.len())
+    }
+
+    /// Whether no claim is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn claim_now(&self, key: &str, until: SystemTime, now: SystemTime) -> Result<bool, Error> {
+        let mut claims = self.claims.lock().map_err(|_| store_unavailable("the in-memory replay guard is poisoned"))?;
+        if claims.get(key).is_some_and(|&expires| expires > now) {
+            return Ok(false);
+        }
+        if claims.len() >= self.max_entries {
+            claims.retain(|_, expires| *expires > now);
+        }
+        if claims.len() >= self.max_entries {
+            return Err(store_unavailable(format!(
+                "the in-memory replay guard holds {} unexpired claims, its limit",
+                self.max_entries
+            )));
+        }
+        claims.insert(key.to_owned(), until);
+        Ok(true)
+    }
+}
+
+impl ReplayGuard for MemoryReplayGuard {
+    fn claim<'a>(&'a self, key: &'a str, until: SystemTime, now: SystemTime) -> BoxFuture<'a, Result<bool, Error>> {
+        let result = self.claim_now(key, until, now);
+        Box::pin(async move { result })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_claim_holds_until_it_expires_and_a_full_guard_fails_closed() {
+        let g = MemoryReplayGuard::new(2);
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        assert!(g.claim_now("a", at(60), at(0)).unwrap());
+        assert!(!g.claim_now("a", at(60), at(59)).unwrap(), "a replay");
+        assert!(g.claim_now("a", at(120), at(60)).unwrap(), "claimable again once expired");
+        assert!(g.claim_now("b", at(120), at(60)).unwrap());
+        // Full of unexpired claims: refuse, retryably, rather than forget one.
+        let e = g.claim_now("c", at(120), at(61)).unwrap_err();
+        assert_eq!((e.kind(), e.is_retryable()), (ErrorKind::ReplayStoreUnavailable, true));
+        assert!(!g.claim_now("a", at(120), at(61)).unwrap(), "the held claims still hold");
+        // Expired claims make room.
+        assert!(g.claim_now("c", at(200), at(120)).unwrap());
+        assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn stores_hold_a_digest_never_the_challenge() {
+        let k = claim_key("v1.k1.1800000300.nonce.mac");
+        assert_eq!(k.len(), 11 + 64);
+        assert!(k.starts_with("iam-join:c:") && !k.contains("nonce"));
+        assert_ne!(k, claim_key("v1.k1.1800000300.nonce.mad"));
+    }
+}
