@@ -76,6 +76,7 @@
 //! |---|---|---|
 //! | `io` | yes | the reqwest/rustls transport, the Organizations client and cache, [`Verifier::verify`] and [`Verifier::verify_with`]. Without it the crate is the pure core and the state machine: no tokio, reqwest, hyper, rustls or ring |
 //! | `http` | no | conversions between [`StsRequest`]/[`StsResponse`] and the `http` crate's `Request`/`Response` |
+//! | `redis` | no | `RedisReplayGuard`: single use across replicas that share a Redis |
 //! | `serialize` | no | `serde::Serialize` for [`Verdict`], [`CallerIdentity`], [`ErrorKind`] and [`Role`] |
 //! | `agent` | no | `agent::sign_join_request`: the joining side, signed with `aws-sigv4`, written like Go's `Request.Write` |
 //! | `emulator` | no | `emulator::StsEmulator`: a loopback STS that checks SigV4, for tests and demos |
@@ -152,6 +153,8 @@ pub use error::{Error, ErrorKind, Problem, Severity, StsErrorInfo};
 pub use identity::CallerIdentity;
 pub use matcher::{Check, Explanation, RuleMatcher, RuleOutcome};
 pub use membership::Membership;
+#[cfg(feature = "redis")]
+pub use replay::RedisReplayGuard;
 #[cfg(feature = "io")]
 pub use replay::{DEFAULT_REPLAY_GUARD_ENTRIES, MemoryReplayGuard, ReplayGuard};
 pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};

@@ -101,6 +101,86 @@ impl ReplayGuard for MemoryReplayGuard {
     }
 }
 
+/// Single use across every replica that shares one Redis: each claim is
+/// `SET iam-join:c:<sha256> 1 NX PX <ms until the claim ends>`, so Redis itself expires claims.
+/// The connection is made lazily and remade after Redis restarts (the `redis` crate's connection
+/// manager); while Redis cannot answer, joins fail closed as `replay_store_unavailable`.
+#[cfg(feature = "redis")]
+#[derive(Clone)]
+pub struct RedisReplayGuard {
+    conn: redis::aio::ConnectionManager,
+    timeout: std::time::Duration,
+}
+
+#[cfg(feature = "redis")]
+impl fmt::Debug for RedisReplayGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password: never printed.
+        f.debug_struct("RedisReplayGuard").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RedisReplayGuard {
+    /// The longest a claim may wait for Redis, connecting included, before the join fails closed.
+    pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// A guard for the Redis at `url` (`redis://[:password@]host:port[/db]`). Connects lazily:
+    /// a server can start while Redis is down, and its joins fail closed until Redis answers.
+    /// Must be called inside a tokio runtime.
+    pub fn new(url: &str) -> Result<Self, Error> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::config_invalid(format!("the Redis URL is not usable: {}", redis_kind(&e))))?;
+        let timeout = Self::DEFAULT_TIMEOUT;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| Error::config_invalid(format!("the Redis client cannot start: {}", redis_kind(&e))))?;
+        Ok(Self { conn, timeout })
+    }
+
+    /// Whether Redis answers a `PING` now (for readiness checks).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PING");
+        let pong = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.timeout, pong).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(store_unavailable(format!("Redis did not answer PING: {}", redis_kind(&e)))),
+            Err(_) => Err(store_unavailable("Redis did not answer PING in time")),
+        }
+    }
+}
+
+/// A Redis error's kind (`IoError`, `ResponseError`, ...): never its text, which may hold the URL.
+#[cfg(feature = "redis")]
+fn redis_kind(e: &redis::RedisError) -> String {
+    format!("{:?}", e.kind())
+}
+
+#[cfg(feature = "redis")]
+impl ReplayGuard for RedisReplayGuard {
+    fn claim<'a>(&'a self, key: &'a str, until: SystemTime, now: SystemTime) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let ttl_ms = until.duration_since(now).map_or(1, |d| d.as_millis().max(1));
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ttl_ms as u64);
+            let set = cmd.query_async::<Option<String>>(&mut conn);
+            match tokio::time::timeout(self.timeout, set).await {
+                Ok(Ok(reply)) => Ok(reply.is_some()),
+                Ok(Err(e)) => Err(store_unavailable(format!("the replay store (Redis) failed: {}", redis_kind(&e)))),
+                Err(_) => Err(store_unavailable(format!(
+                    "the replay store (Redis) did not answer within {} ms",
+                    self.timeout.as_millis()
+                ))),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -543,6 +543,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keyed_challenges_live_no_longer_than_the_freshness_window() {
+        assert_eq!(challenge::MAX_CHALLENGE_TTL, MAX_CLOCK_SKEW);
+    }
+
+    #[test]
     fn body_sha256_is_the_hash_of_the_body() {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(GET_CALLER_IDENTITY_BODY);
