@@ -4,8 +4,11 @@
 //! through and answers the other 10% with a fault: a connection reset, silence past the timeout,
 //! a 500, throttling, or STS's real answer dripping in (half in time, half too slow). The joins mix an
 //! allowed principal, a principal the token does not allow, a wrong secret and a tampered
-//! challenge. The test checks that nothing panics, that nothing is allowed that should not be,
-//! that every call returns within the verifier's deadline, and that memory stays flat.
+//! challenge, and a class whose requests the proxy always stalls, verified with a deadline shorter
+//! than its attempts would take. The test checks that nothing panics, that nothing is allowed
+//! that should not be, that every call returns within the verifier's deadline (and that the
+//! deadline itself ends the stalled class), that every class gets its expected kind at least 90%
+//! of the time, and that resident memory grows by at most 256 bytes per join after warm-up.
 //!
 //! Ignored by default. `.ci/run` runs a short form; the full run is
 //! `cargo test --release --all-features --test soak -- --ignored --nocapture`
@@ -90,16 +93,30 @@ enum Join {
     WrongSecret,
     /// Challenge swapped: `challenge_mismatch`, refused locally, never sent.
     Tampered,
+    /// Signed with a key the proxy always stalls, verified with a deadline shorter than the
+    /// attempts and backoffs would take: the verifier's own deadline must end it.
+    Stalled,
 }
 
 fn join_kind(i: usize) -> Join {
-    match i % 20 {
-        0..=13 => Join::Allowed,
-        14..=16 => Join::Stranger,
-        17..=18 => Join::WrongSecret,
-        _ => Join::Tampered,
+    match i % 40 {
+        0..=26 => Join::Allowed,
+        27..=32 => Join::Stranger,
+        33..=36 => Join::WrongSecret,
+        37..=38 => Join::Tampered,
+        _ => Join::Stalled,
     }
 }
+
+/// The access key of the stalled class: the proxy never answers its requests.
+const STALLED_KEY: &str = "AKIASOAKSTALLED00001";
+/// The deadline of the stalled class's verifier. The first attempt times out at 300 ms and the
+/// backoff is 100 to 200 ms, so a second attempt always starts (by 500 ms) and would time out at
+/// 700 to 800 ms: the deadline, not a transport timeout, ends these joins.
+const SHORT_DEADLINE: Duration = Duration::from_millis(650);
+/// Growth of resident memory per join after warm-up, at most: a leak of a few hundred bytes per
+/// join shows over thousands of joins.
+const MAX_RSS_GROWTH_PER_JOIN_BYTES: u64 = 256;
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -143,6 +160,12 @@ async fn fault_proxy(upstream: SocketAddr) -> Proxy {
             if req.windows(20).any(|w| w == b"AKIASOAKTAMPERED0001") {
                 tampered.fetch_add(1, Ordering::SeqCst);
             }
+            if req.windows(20).any(|w| w == STALLED_KEY.as_bytes()) {
+                // Hold the connection without answering, past the short deadline and the
+                // transport timeout (short, so that sleeping tasks do not pile up in the figures).
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return None;
+            }
             let roll = splitmix(counter.fetch_add(1, Ordering::SeqCst)) % 100;
             let fault = match roll {
                 r if r >= FAULT_PERCENT => None,
@@ -172,7 +195,7 @@ async fn fault_proxy(upstream: SocketAddr) -> Proxy {
                     None
                 }
                 Fault::Silence => {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     None
                 }
                 Fault::Status500 => {
@@ -234,11 +257,13 @@ async fn soak(joins: usize) {
     let verifier = Arc::new(
         Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport).deadline(DEADLINE),
     );
+    let short = Arc::new(verifier.as_ref().clone().deadline(SHORT_DEADLINE));
     let allowed = Credentials::new("ASIASOAKALLOWED00001", "allowed-secret", Some("soak-session-token".into()));
     let stranger = Credentials::new("AKIASOAKSTRANGER0001", "stranger-secret", None);
     let wrong = Credentials::new("ASIASOAKALLOWED00001", "not-the-secret", Some("soak-session-token".into()));
     let tampered = Credentials::new("AKIASOAKTAMPERED0001", "tampered-secret", None);
-    let creds = Arc::new([allowed, stranger, wrong, tampered]);
+    let stalled = Credentials::new(STALLED_KEY, "stalled-secret", None);
+    let creds = Arc::new([allowed, stranger, wrong, tampered, stalled]);
 
     let next = Arc::new(AtomicUsize::new(0));
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -246,8 +271,8 @@ async fn soak(joins: usize) {
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (verifier, creds, next, tally, checkpoints) =
-            (verifier.clone(), creds.clone(), next.clone(), tally.clone(), checkpoints.clone());
+        let (verifier, short, creds, next, tally, checkpoints) =
+            (verifier.clone(), short.clone(), creds.clone(), next.clone(), tally.clone(), checkpoints.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
@@ -265,7 +290,8 @@ async fn soak(joins: usize) {
                 let expected =
                     if kind == Join::Tampered { iam_join::challenge::generate().unwrap() } else { challenge };
                 let t = Instant::now();
-                let result = verifier.verify("iam-token", &expected, &raw, SystemTime::now()).await;
+                let v = if kind == Join::Stalled { &short } else { &verifier };
+                let result = v.verify("iam-token", &expected, &raw, SystemTime::now()).await;
                 let elapsed = t.elapsed();
                 let outcome = match &result {
                     Ok(_) => "allowed".to_owned(),
@@ -279,6 +305,12 @@ async fn soak(joins: usize) {
                         matches!(e.kind(), ErrorKind::SignatureRejected | ErrorKind::StsUnavailable)
                     }
                     (Join::Tampered, Err(e)) => e.kind() == ErrorKind::ChallengeMismatch,
+                    (Join::Stalled, Err(e)) => {
+                        e.kind() == ErrorKind::StsUnavailable
+                            && e.detail().contains(&format!("did not answer within {} ms", SHORT_DEADLINE.as_millis()))
+                            && elapsed >= SHORT_DEADLINE
+                            && elapsed <= SHORT_DEADLINE + SLACK
+                    }
                     (_, Ok(_)) => false,
                 };
                 let mut t = tally.lock().unwrap();
@@ -332,11 +364,31 @@ async fn soak(joins: usize) {
     let faults: usize = proxy.faults.lock().unwrap().values().sum();
     let sent = faults + proxy.passed.load(Ordering::SeqCst);
     assert!(faults * 100 >= sent * 5, "faults were injected: {faults} of {sent}");
-    let allowed = t.outcomes.get(&(Join::Allowed, "allowed".to_owned())).copied().unwrap_or(0);
-    assert!(allowed * 100 >= joins * 60, "most allowed joins succeed despite faults: {allowed}");
-    // Flat memory: after warm-up (the second tenth), resident memory grows by less than 32 MiB.
-    if let (Some(warm), true) = (cps.get(1), rss_end > 0) {
-        assert!(rss_end < warm.1 + 32 * 1024, "RSS grew from {} KiB to {rss_end} KiB", warm.1);
+    // Each class gets its own kind at least 90% of the time: faults end a join as sts_unavailable
+    // only when they outlast all three attempts.
+    let count = |kind: Join| t.outcomes.iter().filter(|((k, _), _)| *k == kind).map(|(_, n)| n).sum::<usize>();
+    for (kind, want) in [
+        (Join::Allowed, "allowed"),
+        (Join::Stranger, "not_allowed"),
+        (Join::WrongSecret, "signature_rejected"),
+        (Join::Tampered, "challenge_mismatch"),
+        (Join::Stalled, "sts_unavailable"),
+    ] {
+        let (got, all) = (t.outcomes.get(&(kind, want.to_owned())).copied().unwrap_or(0), count(kind));
+        assert!(all > 0 && got * 100 >= all * 90, "{kind:?}: {got} of {all} got {want}");
+    }
+    // Flat memory: after warm-up (the second tenth), resident memory grows by at most
+    // MAX_RSS_GROWTH_PER_JOIN_BYTES per join. On Linux the figure must be readable.
+    if cfg!(target_os = "linux") {
+        assert!(rss_end > 0, "resident memory could not be read from /proc/self/status");
+        let (at, warm) = cps.get(1).copied().expect("a checkpoint after warm-up");
+        let grown = rss_end.saturating_sub(warm) * 1024;
+        let per_join = grown / (joins - at).max(1) as u64;
+        println!("soak: RSS grew {grown} bytes over {} joins after warm-up: {per_join} bytes per join", joins - at);
+        assert!(
+            per_join <= MAX_RSS_GROWTH_PER_JOIN_BYTES,
+            "RSS grew {per_join} bytes per join (limit {MAX_RSS_GROWTH_PER_JOIN_BYTES})"
+        );
     }
 }
 
