@@ -442,25 +442,25 @@ impl Verifier {
         raw_request: &[u8],
         now: SystemTime,
     ) -> Result<Verdict, Error> {
-        let Some(transport) = self.inner.transport.clone() else {
-            return Err(Error::new(
-                ErrorKind::ConfigInvalid,
-                "this verifier has no transport: build it with Verifier::new, or call verify_with",
-            ));
-        };
-        let send = move |request: StsRequest| {
-            let transport = Arc::clone(&transport);
-            async move { transport.send(&request).await }
-        };
-        self.verify_with(token_name, challenge, raw_request, now, send).await
+        self.run_through_transport(token_name, Issued::Plain(challenge), raw_request, now).await
     }
 
     /// [`Verifier::verify`] for a keyed challenge ([`Verifier::prepare_keyed`]): the agent's
     /// request carries a challenge issued by any replica with the same key ring.
     pub async fn verify_keyed(&self, token_name: &str, raw_request: &[u8], now: SystemTime) -> Result<Verdict, Error> {
+        self.run_through_transport(token_name, Issued::Keyed, raw_request, now).await
+    }
+
+    /// Runs the machine with the verifier's own transport.
+    async fn run_through_transport(
+        &self,
+        token_name: &str,
+        issued: Issued<'_>,
+        raw_request: &[u8],
+        now: SystemTime,
+    ) -> Result<Verdict, Error> {
         let Some(transport) = self.inner.transport.clone() else {
-            return Err(Error::new(
-                ErrorKind::ConfigInvalid,
+            return Err(Error::config_invalid(
                 "this verifier has no transport: build it with Verifier::new, or call verify_with",
             ));
         };
@@ -468,7 +468,7 @@ impl Verifier {
             let transport = Arc::clone(&transport);
             async move { transport.send(&request).await }
         };
-        self.run(token_name, Issued::Keyed, raw_request, now, send).await
+        self.run(token_name, issued, raw_request, now, send).await
     }
 
     /// [`Verifier::verify`] with your own round trip: `send` makes one HTTP exchange of the
