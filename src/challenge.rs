@@ -84,11 +84,8 @@ impl fmt::Debug for ChallengeKey {
     }
 }
 
-fn config(detail: impl Into<String>) -> Error {
-    Error::config_invalid(detail)
-}
-
-fn mismatch(detail: impl Into<String>) -> Error {
+/// `challenge_mismatch`, for this module and the request check.
+pub(crate) fn mismatch(detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::ChallengeMismatch, detail)
 }
 
@@ -99,13 +96,13 @@ impl ChallengeKey {
         let id_ok = (1..=MAX_KEY_ID_LEN).contains(&id.len())
             && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !id_ok {
-            return Err(config(format!(
+            return Err(Error::config_invalid(format!(
                 "challenge key id {:?} must be 1 to {MAX_KEY_ID_LEN} letters, digits, - or _",
                 id.chars().take(40).collect::<String>()
             )));
         }
         if secret.len() < MIN_CHALLENGE_KEY_BYTES {
-            return Err(config(format!(
+            return Err(Error::config_invalid(format!(
                 "challenge key {id:?} has {} bytes; at least {MIN_CHALLENGE_KEY_BYTES} (256 bits) are required",
                 secret.len()
             )));
@@ -116,7 +113,7 @@ impl ChallengeKey {
     /// A fresh random 256-bit key.
     pub fn generate(id: &str) -> Result<Self, Error> {
         let mut secret = vec![0u8; MIN_CHALLENGE_KEY_BYTES];
-        getrandom::fill(&mut secret).map_err(|e| config(format!("no random source: {e}")))?;
+        getrandom::fill(&mut secret).map_err(|e| Error::config_invalid(format!("no random source: {e}")))?;
         Self::new(id, secret)
     }
 
@@ -178,7 +175,7 @@ impl ChallengeKeys {
     /// last challenge has expired: the lifetime after the rotation.
     pub fn accept(mut self, key: ChallengeKey) -> Result<Self, Error> {
         if key.id == self.active.id || self.older.iter().any(|k| k.id == key.id) {
-            return Err(config(format!("challenge key id {:?} is in the ring twice", key.id)));
+            return Err(Error::config_invalid(format!("challenge key id {:?} is in the ring twice", key.id)));
         }
         self.older.push(key);
         Ok(self)
@@ -187,7 +184,7 @@ impl ChallengeKeys {
     /// How long issued challenges stay valid: at most [`MAX_CHALLENGE_TTL`] (15 minutes).
     pub fn ttl(mut self, ttl: Duration) -> Result<Self, Error> {
         if ttl.is_zero() || ttl > MAX_CHALLENGE_TTL {
-            return Err(config(format!(
+            return Err(Error::config_invalid(format!(
                 "challenge lifetime {}s must be between 1s and {}s",
                 ttl.as_secs(),
                 MAX_CHALLENGE_TTL.as_secs()
@@ -206,14 +203,14 @@ impl ChallengeKeys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let at = |what: &str| config(format!("challenge key file, line {}: {what}", n + 1));
+            let at = |what: &str| Error::config_invalid(format!("challenge key file, line {}: {what}", n + 1));
             let (id, b64) = line.split_once(':').ok_or_else(|| at("expected ID:BASE64"))?;
             let secret = STANDARD.decode(b64.trim()).map_err(|_| at("the key is not base64"))?;
             let key = ChallengeKey::new(id.trim(), secret).map_err(|e| at(e.detail()))?;
             keys.push(key);
         }
         let mut keys = keys.into_iter();
-        let active = keys.next().ok_or_else(|| config("the challenge key file holds no key"))?;
+        let active = keys.next().ok_or_else(|| Error::config_invalid("the challenge key file holds no key"))?;
         keys.try_fold(Self::new(active), Self::accept)
     }
 
@@ -226,7 +223,7 @@ impl ChallengeKeys {
     pub fn issue(&self, token: &str, now: SystemTime) -> Result<String, Error> {
         let expiry = unix(now) + self.ttl.as_secs();
         let mut nonce = [0u8; NONCE_BYTES];
-        getrandom::fill(&mut nonce).map_err(|e| config(format!("no random source: {e}")))?;
+        getrandom::fill(&mut nonce).map_err(|e| Error::config_invalid(format!("no random source: {e}")))?;
         let nonce = URL_SAFE_NO_PAD.encode(nonce);
         let mac = URL_SAFE_NO_PAD.encode(self.active.mac(expiry, &nonce, token).finalize().into_bytes());
         Ok(format!("v1.{}.{expiry}.{nonce}.{mac}", self.active.id))

@@ -2,7 +2,7 @@
 //! replicas): the [`ReplayGuard`] trait and a bounded, expiring in-memory guard for one process.
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -33,7 +33,7 @@ pub(crate) fn claim_key(challenge: &str) -> String {
     let mut key = String::with_capacity(11 + 64);
     key.push_str("iam-join:c:");
     for b in digest {
-        key.push_str(&format!("{b:02x}"));
+        let _ = write!(key, "{b:02x}"); // writing to a String cannot fail
     }
     key
 }

@@ -140,10 +140,6 @@ fn malformed(detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::MalformedRequest, detail)
 }
 
-fn challenge_mismatch(detail: impl Into<String>) -> Error {
-    Error::new(ErrorKind::ChallengeMismatch, detail)
-}
-
 /// Every CR is followed by LF and every LF preceded by CR.
 fn crlf_only(head: &[u8]) -> bool {
     memchr::memchr2_iter(b'\r', b'\n', head).all(|i| match head[i] {
@@ -337,8 +333,7 @@ impl StsRequest {
             return Err(malformed("Content-Type is not application/x-www-form-urlencoded"));
         }
         // The payload is the fixed body, sent whole: no streaming or chunked signing, no encoding.
-        if count("x-amz-content-sha256") > 0 && one("x-amz-content-sha256", "X-Amz-Content-Sha256")? != BODY_SHA256_HEX
-        {
+        if headers.payload_hash && one("x-amz-content-sha256", "X-Amz-Content-Sha256")? != BODY_SHA256_HEX {
             return Err(malformed(
                 "X-Amz-Content-Sha256 is not the SHA-256 of the GetCallerIdentity body (streaming, chunked or unsigned payloads are refused)",
             ));
@@ -380,16 +375,18 @@ impl StsRequest {
 
         let received = match (count(challenge_name), headers.values(challenge_name).next()) {
             (1, Some(v)) => v,
-            (0, _) => return Err(challenge_mismatch(format!("request has no {challenge_name} header"))),
-            _ => return Err(challenge_mismatch(format!("request has more than one {challenge_name} header"))),
+            (0, _) => return Err(challenge::mismatch(format!("request has no {challenge_name} header"))),
+            _ => return Err(challenge::mismatch(format!("request has more than one {challenge_name} header"))),
         };
         if !auth.signed_headers.contains(&challenge_name) {
-            return Err(challenge_mismatch(format!("{challenge_name} is not among the signed headers")));
+            return Err(challenge::mismatch(format!("{challenge_name} is not among the signed headers")));
         }
         if let Some(challenge) = challenge
             && !challenge::matches(received, challenge)
         {
-            return Err(challenge_mismatch(format!("{challenge_name} does not hold the challenge this server issued")));
+            return Err(challenge::mismatch(format!(
+                "{challenge_name} does not hold the challenge this server issued"
+            )));
         }
         let accept_json = headers.values("accept").next().is_some_and(|v| v.eq_ignore_ascii_case("application/json"))
             && auth.signed_headers.contains(&"accept");

@@ -76,10 +76,6 @@ impl Default for ReqwestTransportBuilder {
     }
 }
 
-fn config_error(detail: impl Into<String>) -> Error {
-    Error::config_invalid(detail)
-}
-
 /// Resolves every name to one address: how [`EndpointOverride::Address`] applies to every
 /// service the transport carries (STS and Organizations alike), whatever the host name.
 #[derive(Debug)]
@@ -134,13 +130,13 @@ impl ReqwestTransportBuilder {
                 for der in ders {
                     roots
                         .add(rustls::pki_types::CertificateDer::from(der.clone()))
-                        .map_err(|e| config_error(format!("trust root is not a usable certificate: {e}")))?;
+                        .map_err(|e| Error::config_invalid(format!("trust root is not a usable certificate: {e}")))?;
                 }
             }
         }
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| config_error(format!("TLS setup failed: {e}")))?
+            .map_err(|e| Error::config_invalid(format!("TLS setup failed: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -161,7 +157,7 @@ impl ReqwestTransportBuilder {
             }
             Some(EndpointOverride::Url(url)) => {
                 let parsed = reqwest::Url::parse(url)
-                    .map_err(|e| config_error(format!("endpoint override is not a URL: {e}")))?;
+                    .map_err(|e| Error::config_invalid(format!("endpoint override is not a URL: {e}")))?;
                 let loopback = match parsed.host() {
                     Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
                     Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
@@ -171,21 +167,26 @@ impl ReqwestTransportBuilder {
                     "https" => builder = builder.https_only(true),
                     "http" if loopback => {}
                     "http" => {
-                        return Err(config_error("a plain http:// endpoint override must be a loopback IP address"));
+                        return Err(Error::config_invalid(
+                            "a plain http:// endpoint override must be a loopback IP address",
+                        ));
                     }
-                    other => return Err(config_error(format!("endpoint override scheme {other} is not https"))),
+                    other => {
+                        return Err(Error::config_invalid(format!("endpoint override scheme {other} is not https")));
+                    }
                 }
                 if parsed.path() != "/" || parsed.query().is_some() || !parsed.username().is_empty() {
-                    return Err(config_error("endpoint override must be a bare scheme://host[:port]/"));
+                    return Err(Error::config_invalid("endpoint override must be a bare scheme://host[:port]/"));
                 }
                 base = Some(parsed);
             }
         }
         if let Some(p) = &self.proxy {
-            let proxy = reqwest::Proxy::all(p).map_err(|e| config_error(format!("proxy is not usable: {e}")))?;
+            let proxy =
+                reqwest::Proxy::all(p).map_err(|e| Error::config_invalid(format!("proxy is not usable: {e}")))?;
             builder = builder.proxy(proxy);
         }
-        let client = builder.build().map_err(|e| config_error(format!("HTTP client setup failed: {e}")))?;
+        let client = builder.build().map_err(|e| Error::config_invalid(format!("HTTP client setup failed: {e}")))?;
         Ok(ReqwestTransport { client, base })
     }
 }
@@ -224,9 +225,8 @@ impl ReqwestTransport {
     ) -> Result<StsResponse, Error> {
         let url = match &self.base {
             Some(base) => base.clone(),
-            None => {
-                reqwest::Url::parse(&format!("https://{host}/")).map_err(|e| config_error(format!("bad URL: {e}")))?
-            }
+            None => reqwest::Url::parse(&format!("https://{host}/"))
+                .map_err(|e| Error::config_invalid(format!("bad URL: {e}")))?,
         };
         let mut req = self.client.post(url).body(body);
         for (name, value) in headers {
