@@ -131,7 +131,10 @@ impl Concluded {
 pub struct MembershipQuery {
     prepared: Prepared,
     answer: StsAnswer,
+    /// Organization rules that could decide, lowest first, all before `plain`.
     candidates: Vec<usize>,
+    /// The first plain rule that matches, if any: it decides when no candidate admits.
+    plain: Option<usize>,
 }
 
 impl MembershipQuery {
@@ -420,7 +423,9 @@ impl Verifier {
     /// Finishes a verification that needed an organization membership, with the membership
     /// looked up for [`MembershipQuery::account`].
     pub fn resume(&self, query: MembershipQuery, membership: &Membership) -> Result<Verdict, Error> {
-        decide(&query.prepared, query.answer, Some((query.candidates, membership)))
+        let rules = query.prepared.token.rules();
+        let by_organization = query.candidates.iter().copied().find(|&i| membership.admits(&rules[i]));
+        decide(&query.prepared, query.answer, by_organization.or(query.plain))
     }
 }
 
@@ -662,18 +667,6 @@ impl Verifier {
     }
 }
 
-/// Organization rules that could decide: their other fields match and they precede the first
-/// plain rule that matches (the lowest index wins).
-fn organization_candidates(prepared: &Prepared, answer: &StsAnswer) -> Vec<usize> {
-    let m = prepared.token.matcher();
-    let id = &answer.identity;
-    let mut candidates = m.organization_candidates(id.account(), id.arn());
-    if let Some(plain) = m.first_match(id.account(), id.arn()) {
-        candidates.retain(|&i| i < plain);
-    }
-    candidates
-}
-
 /// The challenge a verification checks: the one the caller issued, or a keyed one read from the
 /// request and checked against the key ring.
 #[cfg(feature = "io")]
@@ -683,27 +676,27 @@ enum Issued<'a> {
     Keyed,
 }
 
-/// One step of the machine after STS answered: decide now, or ask for a membership.
+/// One step of the machine after STS answered: decide now, or ask for a membership. The plain
+/// rules are matched once; organization rules can decide only when they come before the first
+/// plain match (the lowest index wins) and their other fields match.
 fn step(prepared: &Prepared, answer: StsAnswer) -> Result<Concluded, Error> {
-    let candidates = organization_candidates(prepared, &answer);
-    if candidates.is_empty() {
-        return decide(prepared, answer, None).map(Concluded::Allowed);
+    let m = prepared.token.matcher();
+    let id = &answer.identity;
+    let plain = m.first_match(id.account(), id.arn());
+    let mut candidates = m.organization_candidates(id.account(), id.arn());
+    if let Some(plain) = plain {
+        candidates.retain(|&i| i < plain);
     }
-    Ok(Concluded::NeedsMembership(MembershipQuery { prepared: prepared.clone(), answer, candidates }))
+    if candidates.is_empty() {
+        return decide(prepared, answer, plain).map(Concluded::Allowed);
+    }
+    Ok(Concluded::NeedsMembership(MembershipQuery { prepared: prepared.clone(), answer, candidates, plain }))
 }
 
-/// Matches a verified identity against the prepared token's rules, with the looked-up membership
-/// for the organization candidates when there are any.
-fn decide(
-    prepared: &Prepared,
-    answer: StsAnswer,
-    organizations: Option<(Vec<usize>, &Membership)>,
-) -> Result<Verdict, Error> {
+/// The verdict for the rule that matched, or `not_allowed` with the identity kept for audit.
+fn decide(prepared: &Prepared, answer: StsAnswer, matched: Option<usize>) -> Result<Verdict, Error> {
     let identity = answer.identity;
-    let rules = prepared.token.rules();
-    let by_organization =
-        organizations.and_then(|(candidates, m)| candidates.into_iter().find(|&i| m.admits(&rules[i])));
-    match by_organization.or_else(|| prepared.token.matcher().first_match(identity.account(), identity.arn())) {
+    match matched {
         Some(rule) => Ok(Verdict {
             token: prepared.token.name().to_owned(),
             roles: prepared.token.roles().to_vec(),
