@@ -248,6 +248,7 @@ impl TokenSet {
     /// assert!(set.has_errors());
     /// assert_eq!(set.lookup("broken").unwrap_err().kind(), ErrorKind::TokenInvalid);
     /// assert!(set.lookup("static").unwrap_err().detail().contains("join_method \"token\""));
+    /// assert_eq!((set.join_method("good"), set.join_method("static"), set.join_method("broken")), (Some("iam"), Some("token"), None));
     /// let first = &set.diagnostics()[0];
     /// assert_eq!((first.line, first.severity), (10, Severity::Error));
     /// ```
@@ -307,6 +308,19 @@ impl TokenSet {
             None => format!("no iam token named {shown}"),
         };
         Err(Error::new(ErrorKind::TokenInvalid, detail))
+    }
+
+    /// The join method of the token named `name`: `"iam"` for a usable iam token, the method of
+    /// a token of another join method (`"token"`, `"ec2"`, ...), or `None` for a name the file
+    /// does not hold or a token with errors.
+    pub fn join_method(&self, name: &str) -> Option<&str> {
+        if self.tokens.contains_key(name) {
+            return Some("iam");
+        }
+        match self.unusable.get(name) {
+            Some(Unusable::OtherJoinMethod(m)) => Some(m),
+            _ => None,
+        }
     }
 
     /// The usable tokens in file order.

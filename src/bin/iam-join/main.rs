@@ -201,10 +201,7 @@ pub(crate) fn load_tokens(path: &str, name: Option<&str>) -> Result<(TokenSet, S
         None => return Err(Usage(format!("the file holds {} iam tokens; pick one with --name", set.len()))),
     };
     // A token of another join method is the verifier's to refuse (token_invalid, naming it).
-    let own = |severity: Severity| {
-        set.diagnostics().iter().any(|p| p.token.as_deref() == Some(&*name) && p.severity == severity)
-    };
-    if own(Severity::Info) && !own(Severity::Error) {
+    if set.join_method(&name).is_some_and(|m| m != "iam") {
         return Ok((set, name));
     }
     match set.lookup(&name) {
