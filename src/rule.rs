@@ -131,18 +131,21 @@ pub(crate) enum Place {
 /// Teleport accepts that can never match; they admit nobody and do not stop the rule.
 pub(crate) fn validate(f: &RuleFields<'_>, report: &mut dyn FnMut(Severity, Place, String)) -> Option<Rule> {
     let mut ok = true;
-    let mut error = |place: Place, message: String| {
-        ok = false;
-        report(Severity::Error, place, message);
+    // Every finding goes through here; an error makes the rule unusable, a warning does not.
+    let mut emit = |severity: Severity, place: Place, message: String| {
+        ok &= severity != Severity::Error;
+        report(severity, place, message);
     };
     if f.aws_role {
-        error(
+        emit(
+            Severity::Error,
             Place::AwsRole,
             "aws_role belongs to join_method ec2 rules and is not checked by iam; remove it".to_owned(),
         );
     }
     if f.aws_regions {
-        error(
+        emit(
+            Severity::Error,
             Place::AwsRegions,
             "aws_regions belongs to join_method ec2 rules and is not checked by iam; remove it".to_owned(),
         );
@@ -150,14 +153,14 @@ pub(crate) fn validate(f: &RuleFields<'_>, report: &mut dyn FnMut(Severity, Plac
     let account = f.aws_account.and_then(|a| {
         let parsed = AccountId::parse(a);
         if parsed.is_none() {
-            error(Place::Account, format!("aws_account {a:?} is not a 12-digit AWS account id"));
+            emit(Severity::Error, Place::Account, format!("aws_account {a:?} is not a 12-digit AWS account id"));
         }
         parsed
     });
     let aws_arn = match f.aws_arn {
         // Teleport treats an empty aws_arn as unset.
         Some("") => {
-            report(
+            emit(
                 Severity::Warning,
                 Place::Arn,
                 "aws_arn is empty, which Teleport treats as unset; remove it".to_owned(),
@@ -165,25 +168,22 @@ pub(crate) fn validate(f: &RuleFields<'_>, report: &mut dyn FnMut(Severity, Plac
             None
         }
         Some(p) if p.len() > MAX_ARN_PATTERN_LEN => {
-            error(Place::Arn, format!("aws_arn is longer than {MAX_ARN_PATTERN_LEN} bytes"));
+            emit(Severity::Error, Place::Arn, format!("aws_arn is longer than {MAX_ARN_PATTERN_LEN} bytes"));
             None
         }
         Some(p) => {
             if let Some(why) = arn_pattern_lint(p, account.as_ref()) {
-                report(Severity::Warning, Place::Arn, why);
+                emit(Severity::Warning, Place::Arn, why);
             }
             Some(p)
         }
         None => None,
     };
-    let mut error = |place: Place, message: String| {
-        ok = false;
-        report(Severity::Error, place, message);
-    };
     if let Some(o) = f.aws_organization_id
         && !is_org_id(o)
     {
-        error(
+        emit(
+            Severity::Error,
             Place::OrganizationId,
             format!(
                 "aws_organization_id {o:?} is not an organization id (o- and 10 to 32 lowercase letters or digits)"
@@ -192,25 +192,35 @@ pub(crate) fn validate(f: &RuleFields<'_>, report: &mut dyn FnMut(Severity, Plac
     }
     let ous = f.aws_organizational_units.as_ref().and_then(|ous| {
         if f.aws_organization_id.is_none() {
-            error(Place::Ous, "aws_organizational_units needs aws_organization_id in the same rule".to_owned());
+            emit(
+                Severity::Error,
+                Place::Ous,
+                "aws_organizational_units needs aws_organization_id in the same rule".to_owned(),
+            );
         }
         let include = match &ous.include {
             None => {
-                error(
+                emit(
+                    Severity::Error,
                     Place::Ous,
                     "aws_organizational_units.include is missing; use [\"*\"] for the whole organization".to_owned(),
                 );
                 None
             }
             Some(inc) if inc.is_empty() => {
-                error(
+                emit(
+                    Severity::Error,
                     Place::Include,
                     "aws_organizational_units.include is empty; use [\"*\"] for the whole organization".to_owned(),
                 );
                 None
             }
             Some(inc) if inc.contains(&"*") && inc.len() > 1 => {
-                error(Place::Include, "\"*\" in include stands alone: it already means every OU".to_owned());
+                emit(
+                    Severity::Error,
+                    Place::Include,
+                    "\"*\" in include stands alone: it already means every OU".to_owned(),
+                );
                 None
             }
             Some(inc) if inc.contains(&"*") => Some(OuInclude::All),
@@ -220,7 +230,11 @@ pub(crate) fn validate(f: &RuleFields<'_>, report: &mut dyn FnMut(Severity, Plac
                     if is_ou_or_root_id(v) {
                         ids.push((*v).to_owned());
                     } else {
-                        error(Place::IncludeItem(i), format!("{v:?} is not an OU id (ou-...) or root id (r-...)"));
+                        emit(
+                            Severity::Error,
+                            Place::IncludeItem(i),
+                            format!("{v:?} is not an OU id (ou-...) or root id (r-...)"),
+                        );
                     }
                 }
                 Some(OuInclude::Any(ids))
@@ -229,17 +243,25 @@ pub(crate) fn validate(f: &RuleFields<'_>, report: &mut dyn FnMut(Severity, Plac
         let mut exclude = Vec::new();
         for (i, v) in ous.exclude.iter().enumerate() {
             if *v == "*" {
-                error(Place::ExcludeItem(i), "\"*\" cannot be excluded: the rule would match nothing".to_owned());
+                emit(
+                    Severity::Error,
+                    Place::ExcludeItem(i),
+                    "\"*\" cannot be excluded: the rule would match nothing".to_owned(),
+                );
             } else if is_ou_or_root_id(v) {
                 exclude.push((*v).to_owned());
             } else {
-                error(Place::ExcludeItem(i), format!("{v:?} is not an OU id (ou-...) or root id (r-...)"));
+                emit(
+                    Severity::Error,
+                    Place::ExcludeItem(i),
+                    format!("{v:?} is not an OU id (ou-...) or root id (r-...)"),
+                );
             }
         }
         include.map(|include| OrganizationalUnits { include, exclude })
     });
     if f.aws_account.is_none() && aws_arn.is_none() && f.aws_organization_id.is_none() {
-        error(Place::Rule, "a rule needs aws_account, aws_arn or aws_organization_id".to_owned());
+        emit(Severity::Error, Place::Rule, "a rule needs aws_account, aws_arn or aws_organization_id".to_owned());
     }
     ok.then(|| Rule {
         aws_account: account,
