@@ -221,12 +221,19 @@ impl ChallengeKeys {
 
     /// Issues a challenge for `token`, valid until `now` + the lifetime.
     pub fn issue(&self, token: &str, now: SystemTime) -> Result<String, Error> {
+        self.issue_with_expiry(token, now).map(|(challenge, _)| challenge)
+    }
+
+    /// [`ChallengeKeys::issue`], with the moment the challenge expires (whole seconds, as the
+    /// challenge carries it), for an API that tells the agent.
+    pub fn issue_with_expiry(&self, token: &str, now: SystemTime) -> Result<(String, SystemTime), Error> {
         let expiry = unix(now) + self.ttl.as_secs();
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce).map_err(|e| Error::config_invalid(format!("no random source: {e}")))?;
         let nonce = URL_SAFE_NO_PAD.encode(nonce);
         let mac = URL_SAFE_NO_PAD.encode(self.active.mac(expiry, &nonce, token).finalize().into_bytes());
-        Ok(format!("v1.{}.{expiry}.{nonce}.{mac}", self.active.id))
+        let challenge = format!("v1.{}.{expiry}.{nonce}.{mac}", self.active.id);
+        Ok((challenge, UNIX_EPOCH + Duration::from_secs(expiry)))
     }
 
     /// When `challenge` expires: it is a challenge this ring issued (or accepts) for `token`, its
@@ -282,6 +289,9 @@ mod tests {
         assert!(c.starts_with("v1.k1.1800000300."), "{c}");
         assert!(c.len() >= MIN_CHALLENGE_LEN && c.bytes().all(|b| b.is_ascii_graphic()));
         assert_eq!(old.check(&c, "t", now).unwrap(), UNIX_EPOCH + Duration::from_secs(1_800_000_300));
+        let (c2, expires) = old.issue_with_expiry("t", now + Duration::from_millis(1500)).unwrap();
+        assert_eq!(old.check(&c2, "t", now).unwrap(), expires, "the expiry told is the one the challenge carries");
+        assert_eq!(expires, UNIX_EPOCH + Duration::from_secs(1_800_000_301));
         // Rotation: the new active key issues; the old one is still accepted.
         let ring = ChallengeKeys::new(key("k2", 2)).accept(key("k1", 1)).unwrap();
         assert!(ring.check(&c, "t", now).is_ok());

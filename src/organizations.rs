@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -168,6 +169,20 @@ pub struct OrgCache {
     ttl: Duration,
     max_entries: usize,
     slots: Mutex<HashMap<Key, Slot>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// How an [`OrgCache`] has done since it was made: for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Memberships answered from the cache.
+    pub hits: u64,
+    /// Memberships that needed a lookup (whether or not it succeeded).
+    pub misses: u64,
+    /// Accounts held now.
+    pub entries: usize,
 }
 
 impl Default for OrgCache {
@@ -179,7 +194,22 @@ impl Default for OrgCache {
 impl OrgCache {
     /// A cache keeping memberships for `ttl`, at most `max_entries` accounts.
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
-        Self { ttl, max_entries: max_entries.max(1), slots: Mutex::new(HashMap::new()) }
+        Self {
+            ttl,
+            max_entries: max_entries.max(1),
+            slots: Mutex::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Hits, misses and entries so far.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self.len(),
+        }
     }
 
     /// The cached membership of the account, or the result of `lookup`, which runs at most once
@@ -217,8 +247,10 @@ impl OrgCache {
         if let Some((at, m)) = value.as_ref()
             && at.elapsed() < self.ttl
         {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(m.clone());
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let fresh = lookup().await?;
         *value = Some((Instant::now(), fresh.clone()));
         Ok(fresh)
@@ -274,6 +306,11 @@ impl OrganizationsClient {
     pub fn cache(mut self, cache: OrgCache) -> Self {
         self.cache = cache;
         self
+    }
+
+    /// The cache's hits, misses and entries so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// Where `account` sits, from the cache or the Organizations API. Requests are signed at
@@ -463,6 +500,8 @@ mod tests {
             assert_eq!(t.await.unwrap().unwrap(), member(ORG, &[ROOT]));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (49, 1, 1), "{stats:?}");
         // After the TTL, one more.
         tokio::time::sleep(Duration::from_millis(250)).await;
         cache.get_or_lookup(Partition::Aws, acct(), || lookup(calls.clone())).await.unwrap();
@@ -473,6 +512,7 @@ mod tests {
         assert!(fail.is_err());
         cache.get_or_lookup(Partition::Aws, other, || lookup(calls.clone())).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!((cache.stats().hits, cache.stats().misses), (49, 4), "a failed lookup is a miss");
         // Bounded: a third account evicts an idle one.
         let third = AccountId::parse("444444444444").unwrap();
         cache.get_or_lookup(Partition::Aws, third, || lookup(calls.clone())).await.unwrap();

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod loopback;
+pub(crate) mod redis;
 pub(crate) mod reference;
 
 use std::path::PathBuf;

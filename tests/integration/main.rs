@@ -24,5 +24,7 @@ mod redis_guard;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod replicas;
 mod requests;
+#[cfg(feature = "serve")]
+mod serve;
 mod sts_responses;
 mod tokens;

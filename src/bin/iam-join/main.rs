@@ -7,8 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use iam_join::organizations::Membership;
-use iam_join::{Severity, TokenSet};
+use std::time::Duration;
 
+use iam_join::{
+    EndpointOverride, EndpointPolicy, FipsMode, Partition, RequestPolicy, ReqwestTransport, Severity, TokenSet,
+};
+
+#[cfg(feature = "serve")]
+use commands::serve;
 use commands::{check_token, demo, matching, sign, verify};
 
 #[derive(Parser)]
@@ -57,6 +63,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the join service: challenges, joins, metrics, health (feature `serve`).
+    ///
+    /// Example: iam-join serve --tokens tokens.yaml --redis redis://127.0.0.1:6379/ --challenge-key keys
+    ///
+    /// API: POST /v1/challenge {"token"} -> {"challenge","expires_at"}; POST /v1/join {"token",
+    /// "challenge","request" (base64 of the raw signed request)} -> the JSON `verify` prints, with
+    /// 200 allowed, 403 refused, 503 retryable, 400 malformed; GET /metrics, /healthz, /readyz.
+    #[cfg(feature = "serve")]
+    Serve(Box<serve::ServeArgs>),
     /// Run the full verification of a captured request; prints one JSON object.
     ///
     /// Exit 0 allowed, 1 refused, 2 usage or token file errors.
@@ -120,29 +135,73 @@ pub(crate) struct VerifyArgs {
     /// The captured raw HTTP request, or - for stdin.
     #[arg(long)]
     request: String,
+    #[command(flatten)]
+    endpoints: EndpointArgs,
+    /// The time to judge freshness and token expiry by (RFC 3339); default now.
+    #[arg(long)]
+    now: Option<String>,
+}
+
+/// How requests are checked and where they are sent: shared by `verify` and `serve`.
+#[derive(Args)]
+pub(crate) struct EndpointArgs {
     /// The header carrying the challenge.
-    #[arg(long, default_value = "x-teleport-challenge")]
+    #[arg(long, env = "IAM_JOIN_CHALLENGE_HEADER", default_value = "x-teleport-challenge")]
     challenge_header: String,
     /// Accept only FIPS endpoints (the global endpoint is refused).
-    #[arg(long)]
+    #[arg(long, env = "IAM_JOIN_FIPS")]
     fips: bool,
     /// Also trust this partition's endpoints (aws is always trusted), e.g. aws-us-gov.
-    #[arg(long = "allow-partition")]
+    #[arg(long = "allow-partition", env = "IAM_JOIN_ALLOW_PARTITION", value_delimiter = ',')]
     allow_partition: Vec<String>,
     /// Send to this URL instead (https://, or http:// on a loopback address); the signed Host is kept.
-    #[arg(long)]
+    #[arg(long, env = "IAM_JOIN_STS_ENDPOINT")]
     sts_endpoint: Option<String>,
     /// Send AWS Organizations calls to this URL instead (https://, or http:// on loopback).
     /// Organization rules are looked up with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
     /// AWS_SESSION_TOKEN (the auth server's credentials, not the agent's).
-    #[arg(long)]
+    #[arg(long, env = "IAM_JOIN_ORGANIZATIONS_ENDPOINT")]
     organizations_endpoint: Option<String>,
     /// Bound on the whole verification, retries included, in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, env = "IAM_JOIN_TIMEOUT", default_value_t = 10.0)]
     timeout: f64,
-    /// The time to judge freshness and token expiry by (RFC 3339); default now.
-    #[arg(long)]
-    now: Option<String>,
+}
+
+impl EndpointArgs {
+    /// --timeout, checked.
+    pub(crate) fn timeout(&self) -> Result<Duration, Usage> {
+        if !(self.timeout > 0.0 && self.timeout <= 600.0) {
+            return Err(Usage("--timeout must be between 0 and 600 seconds".into()));
+        }
+        Ok(Duration::from_secs_f64(self.timeout))
+    }
+
+    /// The request policy: endpoints (FIPS, partitions) and the challenge header.
+    pub(crate) fn policy(&self) -> Result<RequestPolicy, Usage> {
+        let mut endpoints =
+            EndpointPolicy::new().fips(if self.fips { FipsMode::Required } else { FipsMode::Allowed });
+        for p in &self.allow_partition {
+            endpoints = endpoints
+                .allow_partition(Partition::from_name(p).ok_or_else(|| Usage(format!("unknown partition {p:?}")))?);
+        }
+        RequestPolicy::new().endpoints(endpoints).challenge_header(&self.challenge_header).map_err(|e| Usage(e.detail().to_owned()))
+    }
+
+    pub(crate) fn sts_transport(&self, timeout: Duration) -> Result<ReqwestTransport, Usage> {
+        transport(timeout, self.sts_endpoint.as_deref())
+    }
+
+    pub(crate) fn organizations_transport(&self, timeout: Duration) -> Result<ReqwestTransport, Usage> {
+        transport(timeout, self.organizations_endpoint.as_deref())
+    }
+}
+
+fn transport(timeout: Duration, endpoint: Option<&str>) -> Result<ReqwestTransport, Usage> {
+    let mut builder = ReqwestTransport::builder().timeout(timeout);
+    if let Some(url) = endpoint {
+        builder = builder.endpoint_override(EndpointOverride::Url(url.to_owned()));
+    }
+    builder.build().map_err(|e| Usage(e.detail().to_owned()))
 }
 
 /// A failure that is the operator's to fix: exit 2.
@@ -164,6 +223,8 @@ fn main() -> ExitCode {
             matching::run(&token, &account, &arn, membership.as_ref(), json)
         }
         Command::Verify(args) => verify::run(&args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(*args),
         Command::Sign { challenge, region, fips, accept_json, challenge_header } => {
             sign::run(&challenge, region, fips, accept_json, &challenge_header)
         }

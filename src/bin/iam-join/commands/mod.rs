@@ -3,5 +3,7 @@
 pub(crate) mod check_token;
 pub(crate) mod demo;
 pub(crate) mod matching;
+#[cfg(feature = "serve")]
+pub(crate) mod serve;
 pub(crate) mod sign;
 pub(crate) mod verify;

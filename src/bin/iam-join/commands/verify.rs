@@ -2,13 +2,11 @@
 
 use std::io::Read;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use iam_join::agent::Credentials;
 use iam_join::organizations::OrganizationsClient;
-use iam_join::{
-    EndpointOverride, EndpointPolicy, Error, FipsMode, Partition, RequestPolicy, ReqwestTransport, Verifier,
-};
+use iam_join::{Error, Verifier};
 use serde_json::{Value, json};
 
 use crate::{Usage, VerifyArgs, load_tokens};
@@ -27,35 +25,16 @@ pub(crate) fn run(a: &VerifyArgs) -> Result<ExitCode, Usage> {
             .map_err(|e| Usage(format!("--now {t:?} is not RFC 3339: {e}")))?,
         None => SystemTime::now(),
     };
-    if !(a.timeout > 0.0 && a.timeout <= 600.0) {
-        return Err(Usage("--timeout must be between 0 and 600 seconds".into()));
-    }
-    let timeout = Duration::from_secs_f64(a.timeout);
-    let mut endpoints = EndpointPolicy::new().fips(if a.fips { FipsMode::Required } else { FipsMode::Allowed });
-    for p in &a.allow_partition {
-        endpoints = endpoints
-            .allow_partition(Partition::from_name(p).ok_or_else(|| Usage(format!("unknown partition {p:?}")))?);
-    }
-    let policy = RequestPolicy::new()
-        .endpoints(endpoints)
-        .challenge_header(&a.challenge_header)
-        .map_err(|e| Usage(e.detail().to_owned()))?;
-    let mut transport = ReqwestTransport::builder().timeout(timeout);
-    if let Some(url) = &a.sts_endpoint {
-        transport = transport.endpoint_override(EndpointOverride::Url(url.clone()));
-    }
-    let transport = transport.build().map_err(|e| Usage(e.detail().to_owned()))?;
+    let timeout = a.endpoints.timeout()?;
+    let policy = a.endpoints.policy()?;
+    let transport = a.endpoints.sts_transport(timeout)?;
     let uses_organizations = set.get(&name).is_some_and(|t| t.matcher().organization_rules().next().is_some());
     let mut verifier = Verifier::new(set, policy, transport).deadline(timeout);
     if uses_organizations {
         let creds = Credentials::from_env().map_err(|e| {
             Usage(format!("token {name:?} has organization rules: {} (the auth server's credentials)", e.detail()))
         })?;
-        let mut org = ReqwestTransport::builder().timeout(timeout);
-        if let Some(url) = &a.organizations_endpoint {
-            org = org.endpoint_override(EndpointOverride::Url(url.clone()));
-        }
-        let org = org.build().map_err(|e| Usage(e.detail().to_owned()))?;
+        let org = a.endpoints.organizations_transport(timeout)?;
         verifier = verifier.organizations(OrganizationsClient::new(creds, org));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

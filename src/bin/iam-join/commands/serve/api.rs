@@ -1,0 +1,228 @@
+//! The HTTP API, one handler per route. Handlers parse, call the library, and answer; every
+//! decision is the library's.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use iam_join::challenge::ChallengeKeys;
+use iam_join::{Error, ErrorKind, RedisReplayGuard, Verdict, Verifier};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::metrics::Metrics;
+
+/// The largest API body read: a signed request is at most 16 KiB of head plus a tiny body, 4/3
+/// larger as base64, plus the token name and the challenge.
+pub(crate) const MAX_API_BODY_BYTES: usize = 64 * 1024;
+/// The longest token name the API accepts. Teleport's names are far shorter.
+pub(crate) const MAX_TOKEN_NAME_LEN: usize = 256;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) verifier: Verifier,
+    pub(crate) keys: ChallengeKeys,
+    pub(crate) redis: Option<RedisReplayGuard>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+pub(crate) fn router(app: Arc<App>, request_timeout: std::time::Duration) -> Router {
+    Router::new()
+        .route("/v1/challenge", post(challenge))
+        .route("/v1/join", post(join))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .with_state(app)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChallengeBody {
+    token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    token: String,
+    challenge: String,
+    /// Base64 (standard, padded) of the raw signed HTTP/1.1 request.
+    request: String,
+}
+
+/// A refusal of the API's input before the library sees it: always `malformed_request`, 400.
+fn bad_input(token: &str, message: &str) -> Response {
+    let body = json!({
+        "allowed": false,
+        "token": token,
+        "error": {"kind": ErrorKind::MalformedRequest, "message": message, "retryable": false},
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the body is not the expected JSON: {e}"))
+}
+
+fn check_token_name(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() || token.len() > MAX_TOKEN_NAME_LEN || token.chars().any(char::is_control) {
+        return Err("token must be a name of 1 to 256 characters");
+    }
+    Ok(())
+}
+
+/// `POST /v1/challenge {token}` → `{challenge, expires_at}`. Issued for any well-formed name, so
+/// the endpoint does not tell which tokens exist; the join checks the token.
+async fn challenge(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let req: ChallengeBody = match parse(&body) {
+        Ok(r) => r,
+        Err(m) => return bad_input("", &m),
+    };
+    if let Err(m) = check_token_name(&req.token) {
+        return bad_input("", m);
+    }
+    match app.keys.issue_with_expiry(&req.token, SystemTime::now()) {
+        Ok((challenge, expires)) => {
+            app.metrics.challenge_issued();
+            let expires_at = time::OffsetDateTime::from(expires)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            axum::Json(json!({"challenge": challenge, "expires_at": expires_at})).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not issue a challenge");
+            (StatusCode::INTERNAL_SERVER_ERROR, "could not issue a challenge\n").into_response()
+        }
+    }
+}
+
+/// `POST /v1/join {token, challenge, request}`: the verdict, as `iam-join verify` prints it.
+async fn join(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let req: JoinBody = match parse(&body) {
+        Ok(r) => r,
+        Err(m) => {
+            app.metrics.join(ErrorKind::MalformedRequest.as_str(), started);
+            return bad_input("", &m);
+        }
+    };
+    if let Err(m) = check_token_name(&req.token) {
+        app.metrics.join(ErrorKind::MalformedRequest.as_str(), started);
+        return bad_input("", m);
+    }
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(req.request.as_bytes()) else {
+        app.metrics.join(ErrorKind::MalformedRequest.as_str(), started);
+        return bad_input(&req.token, "request must be the base64 of the raw signed HTTP request");
+    };
+    let now = SystemTime::now();
+    // The challenge must be one this service (or a replica with the same keys) issued for this
+    // token and still valid; the verifier then checks the request signed exactly it.
+    let result = match app.keys.check(&req.challenge, &req.token, now) {
+        // The library logs every verification it runs, with its outcome.
+        Ok(_) => app.verifier.verify(&req.token, &req.challenge, &raw, now).await,
+        Err(e) => {
+            tracing::info!(token = truncated(&req.token), kind = e.kind().as_str(), error = %e, "join refused");
+            Err(e)
+        }
+    };
+    let outcome = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "allowed");
+    app.metrics.join(outcome, started);
+    match result {
+        Ok(verdict) => (StatusCode::OK, axum::Json(allowed_json(&verdict))).into_response(),
+        Err(e) => (status_of(&e), axum::Json(refused_json(&req.token, &e))).into_response(),
+    }
+}
+
+fn allowed_json(v: &Verdict) -> Value {
+    json!(v)
+}
+
+/// The refusal a joining client sees: the kind, whether to retry, and a message. Details about
+/// the client's own request (which header, which host, how old) are its to see; the token's
+/// rules, whether a token exists, STS's or the store's internals are not, and stay in the logs.
+fn refused_json(token: &str, e: &Error) -> Value {
+    let message = match e.kind() {
+        ErrorKind::MalformedRequest
+        | ErrorKind::UntrustedEndpoint
+        | ErrorKind::ChallengeMismatch
+        | ErrorKind::RequestExpired
+        | ErrorKind::ChallengeReplayed => e.detail(),
+        ErrorKind::TokenInvalid => "the token does not exist, has expired, or does not allow the iam join method",
+        ErrorKind::SignatureRejected => "STS refused the request's credentials or signature",
+        ErrorKind::NotAllowed => "the AWS identity is not allowed by the token's rules",
+        ErrorKind::StsUnavailable => "STS could not be reached; retry with a new challenge",
+        ErrorKind::StsResponseInvalid => "STS's answer could not be used",
+        ErrorKind::LookupFailed => "the AWS Organizations lookup failed",
+        ErrorKind::ReplayStoreUnavailable => "single use cannot be ensured right now; retry with a new challenge",
+        _ => "the join service cannot verify joins; see its logs",
+    };
+    json!({
+        "allowed": false,
+        "token": token,
+        "error": {"kind": e.kind(), "message": message, "retryable": e.is_retryable()},
+    })
+}
+
+/// 503 for what a retry may fix, 400 for input that is not a join request, 500 for the service's
+/// own configuration, 403 for every other refusal.
+pub(crate) fn status_of(e: &Error) -> StatusCode {
+    if e.is_retryable() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    match e.kind() {
+        ErrorKind::MalformedRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::ConfigInvalid => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
+
+fn truncated(name: &str) -> &str {
+    let mut end = name.len().min(64);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response()
+}
+
+/// Ready when the shared store answers (always, without one).
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match &app.redis {
+        Some(redis) => match redis.ping().await {
+            Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+            Err(e) => {
+                tracing::warn!(error = %e, "not ready: Redis does not answer");
+                (StatusCode::SERVICE_UNAVAILABLE, "Redis does not answer\n").into_response()
+            }
+        },
+        None => (StatusCode::OK, "ready\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_fit_the_kinds() {
+        let e = iam_join::Error::new_replay_store_unavailable("down");
+        assert_eq!(status_of(&e), StatusCode::SERVICE_UNAVAILABLE);
+        let e = iam_join::Error::config_invalid("no keys");
+        assert_eq!(status_of(&e), StatusCode::INTERNAL_SERVER_ERROR);
+        let e = iam_join::Error::sts_unavailable("STS", std::io::Error::other("refused"));
+        assert_eq!(status_of(&e), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
