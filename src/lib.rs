@@ -81,6 +81,7 @@
 //! | `agent` | no | `agent::sign_join_request`: the joining side, signed with `aws-sigv4`, written like Go's `Request.Write` |
 //! | `emulator` | no | `emulator::StsEmulator`: a loopback STS that checks SigV4, for tests and demos |
 //! | `cli` | no | the `iam-join` command |
+//! | `serve` | no | `iam-join serve`, the join service: challenges, joins, Prometheus metrics, reloads (a binary feature; no library API) |
 //!
 //! ## Errors
 //!

@@ -57,4 +57,3 @@ pub(crate) fn redis_available(test: &str) -> bool {
     }
     found
 }
-

@@ -255,26 +255,62 @@ async fn three_replicas_share_challenges_single_use_redis_outages_and_reloads() 
         parts[4] = "A".repeat(43);
         parts.join(".")
     };
-    let foreign_key = ChallengeKeys::new(ChallengeKey::new("k1", vec![7; 32]).unwrap()).issue("iam-token", now).unwrap();
+    let foreign_key =
+        ChallengeKeys::new(ChallengeKey::new("k1", vec![7; 32]).unwrap()).issue("iam-token", now).unwrap();
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        ("challenge issued for another token", join_body("iam-token", &other, &signed(&user(), &other, now)), 403, "challenge_mismatch"),
+        (
+            "challenge issued for another token",
+            join_body("iam-token", &other, &signed(&user(), &other, now)),
+            403,
+            "challenge_mismatch",
+        ),
         ("forged MAC", join_body("iam-token", &forged, &signed(&user(), &forged, now)), 403, "challenge_mismatch"),
-        ("another service's key", join_body("iam-token", &foreign_key, &signed(&user(), &foreign_key, now)), 403, "challenge_mismatch"),
+        (
+            "another service's key",
+            join_body("iam-token", &foreign_key, &signed(&user(), &foreign_key, now)),
+            403,
+            "challenge_mismatch",
+        ),
         ("signed c1, sent c2", join_body("iam-token", &c2, &signed(&user(), &c1, now)), 403, "challenge_mismatch"),
         ("stranger", join_body("iam-token", &c1, &signed(&stranger(), &c1, now)), 403, "not_allowed"),
-        ("wrong secret", join_body("iam-token", &c2, &signed(&Credentials::new(crate::pipeline::USER_KEY, "wrong", None), &c2, now)), 403, "signature_rejected"),
-        ("signed 20 minutes ago", join_body("iam-token", &c2, &signed(&user(), &c2, now - Duration::from_secs(1200))), 403, "request_expired"),
+        (
+            "wrong secret",
+            join_body("iam-token", &c2, &signed(&Credentials::new(crate::pipeline::USER_KEY, "wrong", None), &c2, now)),
+            403,
+            "signature_rejected",
+        ),
+        (
+            "signed 20 minutes ago",
+            join_body("iam-token", &c2, &signed(&user(), &c2, now - Duration::from_secs(1200))),
+            403,
+            "request_expired",
+        ),
         ("not base64", join_body("iam-token", &c2, "%%%"), 400, "malformed_request"),
         ("not a request", join_body("iam-token", &c2, "aGVsbG8="), 400, "malformed_request"),
-        ("extra field", json!({"token": "iam-token", "challenge": c2, "request": "", "admin": true}), 400, "malformed_request"),
-        ("expired token", {
-            let ch = challenge(&http, &a, "expired-token").await;
-            join_body("expired-token", &ch, &signed(&user(), &ch, now))
-        }, 403, "token_invalid"),
-        ("no such token", {
-            let ch = challenge(&http, &a, "nope").await;
-            join_body("nope", &ch, &signed(&user(), &ch, now))
-        }, 403, "token_invalid"),
+        (
+            "extra field",
+            json!({"token": "iam-token", "challenge": c2, "request": "", "admin": true}),
+            400,
+            "malformed_request",
+        ),
+        (
+            "expired token",
+            {
+                let ch = challenge(&http, &a, "expired-token").await;
+                join_body("expired-token", &ch, &signed(&user(), &ch, now))
+            },
+            403,
+            "token_invalid",
+        ),
+        (
+            "no such token",
+            {
+                let ch = challenge(&http, &a, "nope").await;
+                join_body("nope", &ch, &signed(&user(), &ch, now))
+            },
+            403,
+            "token_invalid",
+        ),
     ];
     let sent_before = sts.requests();
     for (i, (case, body, status, kind)) in cases.iter().enumerate() {
@@ -413,7 +449,7 @@ async fn three_replicas_share_challenges_single_use_redis_outages_and_reloads() 
         ] {
             *totals.entry(series.to_owned()).or_default() += metric(&text, series);
         }
-        for (kind, _) in &kinds {
+        for kind in kinds.keys() {
             let series = format!("iam_join_joins_total{{outcome=\"{kind}\"}}");
             *totals.entry(series.clone()).or_default() += metric(&text, &series);
         }
@@ -428,7 +464,11 @@ async fn three_replicas_share_challenges_single_use_redis_outages_and_reloads() 
         totals["iam_join_replay_claims_total{result=\"unavailable\"}"],
         kinds["replay_store_unavailable"] as f64
     );
-    assert_eq!(totals["iam_join_sts_attempts_total{result=\"answered\"}"], sts.requests() as f64, "one attempt per STS request");
+    assert_eq!(
+        totals["iam_join_sts_attempts_total{result=\"answered\"}"],
+        sts.requests() as f64,
+        "one attempt per STS request"
+    );
     let joins_made = allowed + replays + kinds.values().sum::<usize>();
     assert_eq!(totals["iam_join_verify_seconds_count"], joins_made as f64);
 
@@ -463,9 +503,10 @@ async fn sigterm_lets_the_join_in_flight_finish() {
         Some(conn)
     })
     .await;
-    let args: Vec<String> = ["--tokens", &tokens.display().to_string(), "--sts-endpoint", &slow.url(), "--timeout", "5"]
-        .map(str::to_owned)
-        .to_vec();
+    let args: Vec<String> =
+        ["--tokens", &tokens.display().to_string(), "--sts-endpoint", &slow.url(), "--timeout", "5"]
+            .map(str::to_owned)
+            .to_vec();
     let mut d = Replica::start(&http, "d", &dir, &args).await;
     assert!(d.logs().contains("run one replica only"), "no --redis is said in the logs: {}", d.logs());
     let c = challenge(&http, &d, "iam-token").await;
@@ -495,4 +536,199 @@ async fn sigterm_lets_the_join_in_flight_finish() {
     assert!(status.success(), "{status}: {}", d.logs());
     assert!(http.get(d.url("/healthz")).send().await.is_err(), "still listening after shutdown");
     assert!(d.logs().contains("shutting down"), "{}", d.logs());
+}
+
+/// Runs `jobs` through `work` with at most `concurrency` at once, returning each job's latency.
+async fn drive<F, Fut>(jobs: usize, concurrency: usize, work: F) -> Vec<Duration>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let work = Arc::new(work);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (work, next) = (work.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= jobs {
+                    return latencies;
+                }
+                let t = Instant::now();
+                work(i).await;
+                latencies.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(jobs);
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    all.sort();
+    all
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// Load: IAM_JOIN_LOAD_JOINS joins (default 10,000; one in ten from a stranger, refused) at 64
+/// concurrent across three replicas sharing Redis and the emulator, each challenge redeemed at
+/// another replica than the one that issued it; then the same joins through an in-process
+/// `Verifier` with the same Redis, emulator and checks, for the ratio. Every outcome is checked.
+/// Run: `cargo test --release --all-features --test integration serve::load -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load test: run explicitly, in release"]
+async fn load_across_three_replicas() {
+    assert!(redis_available("serve::load"), "the load test needs redis-server");
+    let joins: usize = std::env::var("IAM_JOIN_LOAD_JOINS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    const CONCURRENCY: usize = 64;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .unwrap();
+    let dir = scratch("load");
+    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
+    std::fs::write(&tokens, TOKENS).unwrap();
+    std::fs::write(&keys, format!("{KEY_LINE}\n")).unwrap();
+    let redis = Redis::start(None);
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let args: Vec<String> = [
+        "--tokens",
+        &tokens.display().to_string(),
+        "--challenge-key",
+        &keys.display().to_string(),
+        "--redis",
+        &redis.url(),
+        "--sts-endpoint",
+        &sts.url(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let replicas = Arc::new([
+        Replica::start(&http, "a", &dir, &args).await,
+        Replica::start(&http, "b", &dir, &args).await,
+        Replica::start(&http, "c", &dir, &args).await,
+    ]);
+    let urls: Arc<Vec<String>> = Arc::new(replicas.iter().map(|r| r.url("")).collect());
+    let is_stranger = |i: usize| i % 10 == 9;
+
+    // Untimed: a challenge from replica i % 3 for each join, signed by the agent.
+    let bodies = Arc::new(std::sync::Mutex::new(vec![Value::Null; joins]));
+    let t = Instant::now();
+    {
+        let (http, urls, bodies) = (http.clone(), urls.clone(), bodies.clone());
+        drive(joins, CONCURRENCY, move |i| {
+            let (http, urls, bodies) = (http.clone(), urls.clone(), bodies.clone());
+            async move {
+                let (_, c) =
+                    post(&http, &format!("{}/v1/challenge", urls[i % 3]), &json!({"token": "iam-token"})).await;
+                let c = c["challenge"].as_str().unwrap().to_owned();
+                let creds = if is_stranger(i) { stranger() } else { user() };
+                bodies.lock().unwrap()[i] = join_body("iam-token", &c, &signed(&creds, &c, SystemTime::now()));
+            }
+        })
+        .await;
+    }
+    let challenges_per_s = joins as f64 / t.elapsed().as_secs_f64();
+
+    // Timed: each join at the next replica.
+    let wrong = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let latencies = {
+        let (http, urls, bodies, wrong) = (http.clone(), urls.clone(), bodies.clone(), wrong.clone());
+        drive(joins, CONCURRENCY, move |i| {
+            let (http, urls, wrong) = (http.clone(), urls.clone(), wrong.clone());
+            let body = std::mem::take(&mut bodies.lock().unwrap()[i]);
+            async move {
+                let (status, answer) = post(&http, &format!("{}/v1/join", urls[(i + 1) % 3]), &body).await;
+                let right = if is_stranger(i) {
+                    status == 403 && answer["error"]["kind"] == "not_allowed"
+                } else {
+                    status == 200 && answer["identity"]["arn"] == USER_ARN
+                };
+                if !right {
+                    eprintln!("wrong outcome for join {i}: {status} {answer}");
+                    wrong.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+        .await
+    };
+    let served = t.elapsed();
+    let service_rate = joins as f64 / served.as_secs_f64();
+    let rss: Vec<u64> = replicas.iter().map(Replica::peak_rss_kib).collect();
+
+    // In process: the same checks (key ring, single use in the same Redis, STS at the emulator).
+    let ring = ChallengeKeys::parse(KEY_LINE).unwrap();
+    let transport = iam_join::ReqwestTransport::builder()
+        .endpoint_override(iam_join::EndpointOverride::Url(sts.url()))
+        .build()
+        .unwrap();
+    let verifier = iam_join::Verifier::new(
+        iam_join::TokenSet::from_yaml(TOKENS).unwrap(),
+        iam_join::RequestPolicy::new(),
+        transport,
+    )
+    .challenge_keys(ring.clone())
+    .replay_guard(Arc::new(iam_join::RedisReplayGuard::new(&redis.url()).unwrap()));
+    let raws: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+        (0..joins)
+            .map(|i| {
+                let c = ring.issue("iam-token", SystemTime::now()).unwrap();
+                let creds = if is_stranger(i) { stranger() } else { user() };
+                let raw = sign_join_request(&creds, &JoinRequest::new(&c), SystemTime::now()).unwrap();
+                (c, raw)
+            })
+            .collect(),
+    );
+    let wrong_in_process = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    {
+        let (verifier, ring, raws, wrong) = (verifier.clone(), ring.clone(), raws.clone(), wrong_in_process.clone());
+        drive(joins, CONCURRENCY, move |i| {
+            let (verifier, ring, raws, wrong) = (verifier.clone(), ring.clone(), raws.clone(), wrong.clone());
+            async move {
+                let (c, raw) = &raws[i];
+                let now = SystemTime::now();
+                let result = match ring.check(c, "iam-token", now) {
+                    Ok(_) => verifier.verify("iam-token", c, raw, now).await,
+                    Err(e) => Err(e),
+                };
+                let right = match &result {
+                    Ok(v) => !is_stranger(i) && v.identity().arn().as_str() == USER_ARN,
+                    Err(e) => is_stranger(i) && e.kind() == iam_join::ErrorKind::NotAllowed,
+                };
+                if !right {
+                    wrong.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+        .await;
+    }
+    let in_process_rate = joins as f64 / t.elapsed().as_secs_f64();
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "load: {joins} joins at {CONCURRENCY} concurrent across 3 replicas (Redis single use, emulated STS): \
+         {service_rate:.0} joins/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+         peak RSS per replica {} MiB; challenges {challenges_per_s:.0}/s",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap()),
+        rss.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" / "),
+    );
+    println!(
+        "load: in-process verify, same checks and stores: {in_process_rate:.0} joins/s; \
+         service / in-process = {:.2}",
+        service_rate / in_process_rate
+    );
+    assert_eq!(wrong.load(Ordering::SeqCst), 0, "wrong outcomes through the service");
+    assert_eq!(wrong_in_process.load(Ordering::SeqCst), 0, "wrong outcomes in process");
+    assert_eq!(sts.requests(), 2 * joins, "each join reached STS exactly once");
+    drop(replicas);
 }

@@ -178,13 +178,15 @@ impl EndpointArgs {
 
     /// The request policy: endpoints (FIPS, partitions) and the challenge header.
     pub(crate) fn policy(&self) -> Result<RequestPolicy, Usage> {
-        let mut endpoints =
-            EndpointPolicy::new().fips(if self.fips { FipsMode::Required } else { FipsMode::Allowed });
+        let mut endpoints = EndpointPolicy::new().fips(if self.fips { FipsMode::Required } else { FipsMode::Allowed });
         for p in &self.allow_partition {
             endpoints = endpoints
                 .allow_partition(Partition::from_name(p).ok_or_else(|| Usage(format!("unknown partition {p:?}")))?);
         }
-        RequestPolicy::new().endpoints(endpoints).challenge_header(&self.challenge_header).map_err(|e| Usage(e.detail().to_owned()))
+        RequestPolicy::new()
+            .endpoints(endpoints)
+            .challenge_header(&self.challenge_header)
+            .map_err(|e| Usage(e.detail().to_owned()))
     }
 
     pub(crate) fn sts_transport(&self, timeout: Duration) -> Result<ReqwestTransport, Usage> {

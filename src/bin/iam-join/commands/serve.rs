@@ -15,7 +15,9 @@ use clap::Args;
 use iam_join::agent::Credentials;
 use iam_join::challenge::{ChallengeKey, ChallengeKeys};
 use iam_join::organizations::OrganizationsClient;
-use iam_join::{AwsTransport, MAX_TOKEN_FILE_BYTES, MemoryReplayGuard, RedisReplayGuard, ReplayGuard, TokenSet, Verifier};
+use iam_join::{
+    AwsTransport, MAX_TOKEN_FILE_BYTES, MemoryReplayGuard, RedisReplayGuard, ReplayGuard, TokenSet, Verifier,
+};
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 use zeroize::Zeroizing;
@@ -71,7 +73,12 @@ pub(crate) fn run(a: ServeArgs) -> Result<ExitCode, Usage> {
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IAM_JOIN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).with_current_span(false).init();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .init();
 }
 
 async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
@@ -141,9 +148,15 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|e| Usage(format!("--tls-cert/--tls-key: {e}")))?;
-            axum_server::bind_rustls(a.listen, tls).handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(service).await
+            axum_server::bind_rustls(a.listen, tls)
+                .handle(handle)
+                .first_request_timeout(FIRST_REQUEST_TIMEOUT)
+                .serve(service)
+                .await
         }
-        _ => axum_server::bind(a.listen).handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(service).await,
+        _ => {
+            axum_server::bind(a.listen).handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(service).await
+        }
     };
     served.map_err(|e| Usage(format!("{}: {e}", a.listen)))?;
     tracing::info!("stopped");
@@ -207,7 +220,9 @@ fn log_diagnostics(set: &TokenSet) {
             iam_join::Severity::Warning => {
                 tracing::warn!(file, line = p.line, column = p.column, token, problem = %p.message, "token file problem")
             }
-            _ => tracing::debug!(file, line = p.line, column = p.column, token, problem = %p.message, "token file note"),
+            _ => {
+                tracing::debug!(file, line = p.line, column = p.column, token, problem = %p.message, "token file note")
+            }
         }
     }
 }
@@ -215,7 +230,13 @@ fn log_diagnostics(set: &TokenSet) {
 /// Reloads the token file on SIGHUP, and when its contents change. A reload that fails (the file
 /// unreadable, or any error in it) keeps the set in use whole, logs every problem and counts as
 /// failed: an edit in progress never disables tokens that work.
-async fn watch_tokens(path: PathBuf, mut seen: Option<[u8; 32]>, every: Duration, verifier: Verifier, metrics: Arc<Metrics>) {
+async fn watch_tokens(
+    path: PathBuf,
+    mut seen: Option<[u8; 32]>,
+    every: Duration,
+    verifier: Verifier,
+    metrics: Arc<Metrics>,
+) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::error!("cannot listen for SIGHUP; reloading on file changes only");
         return poll_only(path, seen, every, verifier, metrics).await;
@@ -231,7 +252,13 @@ async fn watch_tokens(path: PathBuf, mut seen: Option<[u8; 32]>, every: Duration
     }
 }
 
-async fn poll_only(path: PathBuf, mut seen: Option<[u8; 32]>, every: Duration, verifier: Verifier, metrics: Arc<Metrics>) {
+async fn poll_only(
+    path: PathBuf,
+    mut seen: Option<[u8; 32]>,
+    every: Duration,
+    verifier: Verifier,
+    metrics: Arc<Metrics>,
+) {
     loop {
         tokio::time::sleep(every).await;
         reload_once(&path, &mut seen, false, &verifier, &metrics);
@@ -279,6 +306,10 @@ async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>, grace: Dura
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    tracing::info!(in_flight = handle.connection_count(), grace_s = grace.as_secs(), "shutting down: finishing in-flight joins");
+    tracing::info!(
+        in_flight = handle.connection_count(),
+        grace_s = grace.as_secs(),
+        "shutting down: finishing in-flight joins"
+    );
     handle.graceful_shutdown(Some(grace));
 }

@@ -80,9 +80,21 @@ impl Metrics {
             "Single-use claims, by result: claimed, conflict (a replay) or unavailable (store down)",
             m.replay_claims.clone(),
         );
-        registry.register("organizations_cache_hits", "Organization memberships answered from the cache", m.org_cache_hits.clone());
-        registry.register("organizations_cache_misses", "Organization memberships that needed a lookup", m.org_cache_misses.clone());
-        registry.register("token_reloads", "Token file reloads, by result: ok or failed (the old set kept)", m.reloads.clone());
+        registry.register(
+            "organizations_cache_hits",
+            "Organization memberships answered from the cache",
+            m.org_cache_hits.clone(),
+        );
+        registry.register(
+            "organizations_cache_misses",
+            "Organization memberships that needed a lookup",
+            m.org_cache_misses.clone(),
+        );
+        registry.register(
+            "token_reloads",
+            "Token file reloads, by result: ok or failed (the old set kept)",
+            m.reloads.clone(),
+        );
         registry.register("tokens", "iam tokens loaded and in use", m.tokens.clone());
         Self { registry, ..m }
     }
