@@ -59,25 +59,150 @@ impl JoinRequest {
         self
     }
 
-    /// The STS endpoint this request will be signed for.
+    /// The STS endpoint this request will be signed for ([`sts_endpoint`]).
     pub fn endpoint(&self) -> Result<&'static Endpoint, Error> {
-        let found = match &self.region {
-            None if !self.fips => Endpoint::lookup("sts.amazonaws.com"),
-            None => None,
-            Some(r) => Endpoint::all()
-                .iter()
-                .find(|e| e.signing_region() == r && e.is_fips() == self.fips && !e.is_dual_stack() && !e.is_global()),
-        };
-        found.ok_or_else(|| {
-            Error::new(
-                ErrorKind::UntrustedEndpoint,
-                format!(
-                    "no {}STS endpoint for {}",
-                    if self.fips { "FIPS " } else { "" },
-                    self.region.as_deref().unwrap_or("the global endpoint")
-                ),
-            )
+        sts_endpoint(self.region.as_deref(), self.fips)
+    }
+}
+
+/// The STS endpoint an agent signs for, as Teleport's agent and the AWS SDKs pick it: the
+/// region's own endpoint (regional, as EKS pods use by default), its `sts-fips` host with `fips`,
+/// and the global `sts.amazonaws.com` only when no region is known. Every endpoint it returns is
+/// one of AWS's STS hosts, which the verifier's default policy accepts (FIPS hosts exist in the
+/// US regions and GovCloud; elsewhere `fips` is an error, as is `fips` without a region).
+///
+/// ```
+/// use iam_join::agent::sts_endpoint;
+/// assert_eq!(sts_endpoint(Some("eu-west-1"), false).unwrap().host(), "sts.eu-west-1.amazonaws.com");
+/// assert_eq!(sts_endpoint(Some("us-east-2"), true).unwrap().host(), "sts-fips.us-east-2.amazonaws.com");
+/// assert_eq!(sts_endpoint(None, false).unwrap().host(), "sts.amazonaws.com");
+/// ```
+pub fn sts_endpoint(region: Option<&str>, fips: bool) -> Result<&'static Endpoint, Error> {
+    let found = match region {
+        None if !fips => Endpoint::lookup("sts.amazonaws.com"),
+        None => None,
+        Some(r) => Endpoint::all()
+            .iter()
+            .find(|e| e.signing_region() == r && e.is_fips() == fips && !e.is_dual_stack() && !e.is_global()),
+    };
+    found.ok_or_else(|| {
+        Error::new(
+            ErrorKind::UntrustedEndpoint,
+            format!(
+                "no {}STS endpoint for {}",
+                if fips { "FIPS " } else { "" },
+                region.unwrap_or("the global endpoint (FIPS needs a region)")
+            ),
+        )
+    })
+}
+
+/// The agent's AWS identity from the standard AWS chain, through `aws-config`: environment
+/// variables, the shared config and credentials files (with profiles), web identity (IRSA:
+/// `AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`), EKS Pod Identity and ECS container
+/// credentials, and IMDSv2 on EC2, in the SDKs' order; the region from `AWS_REGION` /
+/// `AWS_DEFAULT_REGION`, the profile, or IMDS. The chain's own STS calls honour the SDKs'
+/// `AWS_ENDPOINT_URL_STS`. Its HTTPS client is rustls with ring, as everywhere else in the crate.
+///
+/// ```no_run
+/// # async fn join() -> Result<(), iam_join::Error> {
+/// use iam_join::agent::{AwsChain, sign_join_request};
+/// let identity = AwsChain::new().load().await?; // in an EKS pod: the IRSA role's session
+/// let raw = sign_join_request(identity.credentials(), &identity.join_request("CHALLENGE", false), std::time::SystemTime::now())?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct AwsChain {
+    profile: Option<String>,
+    region: Option<String>,
+}
+
+impl AwsChain {
+    /// The default chain, as the environment configures it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Use this profile of the shared config files instead of `AWS_PROFILE` / `default`.
+    pub fn profile(mut self, name: impl Into<String>) -> Self {
+        self.profile = Some(name.into());
+        self
+    }
+
+    /// Use this region instead of the one the chain finds.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Resolves the credentials (and the region). Refusals are `config_invalid`, naming what the
+    /// chain tried, never a secret.
+    pub async fn load(&self) -> Result<ChainIdentity, Error> {
+        use aws_credential_types::provider::ProvideCredentials as _;
+        use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+        let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        if let Some(p) = &self.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(r) = &self.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        let config = loader.load().await;
+        let provider = config
+            .credentials_provider()
+            .ok_or_else(|| Error::config_invalid("the AWS credential chain is not configured"))?;
+        let found = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| Error::config_invalid(format!("no AWS credentials from the default chain: {}", chain_error(&e))))?;
+        Ok(ChainIdentity {
+            credentials: Credentials::new(
+                found.access_key_id(),
+                found.secret_access_key(),
+                found.session_token().map(str::to_owned),
+            ),
+            region: config.region().map(|r| r.as_ref().to_owned()),
         })
+    }
+}
+
+/// The chain's error with its causes, for an operator: which providers were tried and why each
+/// failed. aws-config's messages name variables, files and hosts, never secrets.
+fn chain_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// What [`AwsChain::load`] found: credentials (zeroized, redacted in `Debug`) and the region.
+#[derive(Debug)]
+pub struct ChainIdentity {
+    credentials: Credentials,
+    region: Option<String>,
+}
+
+impl ChainIdentity {
+    /// The credentials to sign with.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The region the chain found (or was given), if any.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+
+    /// A join request for `challenge`, signed for this region's STS endpoint ([`sts_endpoint`]).
+    pub fn join_request(&self, challenge: impl Into<String>, fips: bool) -> JoinRequest {
+        let mut join = JoinRequest::new(challenge).fips(fips);
+        join.region = self.region.clone();
+        join
     }
 }
 
@@ -166,5 +291,42 @@ mod tests {
             "sts.cn-north-1.amazonaws.com.cn"
         );
         assert!(JoinRequest::new("c").region("eu-west-1").fips(true).endpoint().is_err());
+    }
+
+    /// The region and endpoint choice: a region gives its regional host, FIPS its `sts-fips`
+    /// host, no region the global host; and the verifier's default policy accepts every one.
+    #[test]
+    fn region_and_endpoint_choice_passes_the_default_policy() {
+        let policy = crate::endpoint::EndpointPolicy::new();
+        let cases: &[(Option<&str>, bool, Result<&str, ()>)] = &[
+            (Some("us-west-2"), false, Ok("sts.us-west-2.amazonaws.com")),
+            (Some("eu-central-1"), false, Ok("sts.eu-central-1.amazonaws.com")),
+            (Some("us-east-1"), false, Ok("sts.us-east-1.amazonaws.com")),
+            (Some("us-west-2"), true, Ok("sts-fips.us-west-2.amazonaws.com")),
+            (Some("us-east-1"), true, Ok("sts-fips.us-east-1.amazonaws.com")),
+            (Some("ca-central-1"), true, Err(())),
+            (None, false, Ok("sts.amazonaws.com")),
+            (None, true, Err(())),
+            (Some("eu-west-1"), true, Err(())),
+            (Some("mars-north-1"), false, Err(())),
+        ];
+        for (region, fips, want) in cases {
+            let got = sts_endpoint(*region, *fips);
+            match want {
+                Ok(host) => {
+                    let e = got.unwrap_or_else(|e| panic!("{region:?} fips={fips}: {e}"));
+                    assert_eq!(e.host(), *host);
+                    assert_eq!(e.is_fips(), *fips);
+                    assert_eq!(e.signing_region(), region.unwrap_or("us-east-1"));
+                    policy.check(e.host()).unwrap_or_else(|e| panic!("{host} refused by the default policy: {e}"));
+                }
+                Err(()) => assert_eq!(got.unwrap_err().kind(), ErrorKind::UntrustedEndpoint, "{region:?} fips={fips}"),
+            }
+        }
+        // Every regional endpoint the chain can pick in the aws partition passes the default policy.
+        for e in Endpoint::all().iter().filter(|e| e.partition() == crate::arn::Partition::Aws && !e.is_dual_stack()) {
+            let chosen = sts_endpoint(if e.is_global() { None } else { Some(e.signing_region()) }, e.is_fips()).unwrap();
+            policy.check(chosen.host()).unwrap();
+        }
     }
 }
