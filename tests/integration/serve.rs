@@ -389,7 +389,9 @@ async fn three_replicas_share_challenges_single_use_redis_outages_and_reloads() 
         }
     }
     // C has not looked yet: still the old set. SIGHUP: the new one.
-    assert_refused("stranger at C before SIGHUP", &fresh_join(&http, &c, &c, &stranger()).await, 403, "not_allowed");
+    let refused = fresh_join(&http, &c, &c, &stranger()).await;
+    assert_refused("stranger at C before SIGHUP", &refused, 403, "not_allowed");
+    assert_eq!(refused.1["identity"]["arn"], STRANGER_ARN, "the caller's own identity is in the refusal");
     *kinds.entry("not_allowed").or_default() += 1;
     c.signal("HUP");
     let start = Instant::now();

@@ -15,7 +15,7 @@ use iam_join::{
 
 #[cfg(feature = "serve")]
 use commands::serve;
-use commands::{check_token, demo, matching, sign, verify};
+use commands::{check_token, demo, join, matching, sign, verify};
 
 #[derive(Parser)]
 #[command(name = "iam-join", version, about = "Verify AWS IAM joins the way Teleport's Auth Service does", long_about = None)]
@@ -77,20 +77,22 @@ enum Command {
     /// Exit 0 allowed, 1 refused, 2 usage or token file errors.
     /// Example: iam-join sign --challenge C | iam-join verify --token tokens.yaml --challenge C --request -
     Verify(VerifyArgs),
-    /// Sign a join request with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN and
-    /// write the raw HTTP request to stdout.
+    /// Sign a join request with credentials from the standard AWS chain and write the raw HTTP
+    /// request to stdout.
     ///
-    /// Example: iam-join sign --challenge "$(iam-join challenge)" --region us-west-2 --accept-json
+    /// The chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, the shared config and
+    /// credentials files (AWS_PROFILE or --profile), web identity (IRSA: AWS_ROLE_ARN and
+    /// AWS_WEB_IDENTITY_TOKEN_FILE), EKS Pod Identity and ECS container credentials, IMDSv2. The
+    /// request is signed for the region's STS endpoint (AWS_REGION, the profile, IMDS, or
+    /// --region), or the global one when no region is found.
+    ///
+    /// Example: iam-join sign --challenge "$(iam-join challenge)" --accept-json
     Sign {
         /// The challenge the server issued.
         #[arg(long)]
         challenge: String,
-        /// Sign for this region's endpoint (default: the global endpoint).
-        #[arg(long)]
-        region: Option<String>,
-        /// Use the region's FIPS endpoint.
-        #[arg(long)]
-        fips: bool,
+        #[command(flatten)]
+        agent: AgentArgs,
         /// Sign Accept: application/json, as Teleport agents do.
         #[arg(long)]
         accept_json: bool,
@@ -98,6 +100,13 @@ enum Command {
         #[arg(long, default_value = "x-teleport-challenge")]
         challenge_header: String,
     },
+    /// Join through an `iam-join serve`: ask for a challenge, sign with the AWS chain, submit;
+    /// prints the verdict JSON. Retries retryable refusals (503) with backoff, with a new
+    /// challenge each time, within --deadline.
+    ///
+    /// Exit 0 allowed, 1 refused, 2 usage errors or no answer from the service within the deadline.
+    /// Example: iam-join join --server https://join.example.com --token iam-token
+    Join(JoinArgs),
     /// Print a fresh challenge (32 random bytes, unpadded base64).
     Challenge,
     /// Print a fresh 256-bit key for keyed challenges, as one `ID:BASE64` line of a key file
@@ -140,6 +149,36 @@ pub(crate) struct VerifyArgs {
     /// The time to judge freshness and token expiry by (RFC 3339); default now.
     #[arg(long)]
     now: Option<String>,
+}
+
+/// Where the agent's identity comes from: the standard AWS chain, with these overrides.
+#[derive(Args)]
+pub(crate) struct AgentArgs {
+    /// Use this profile of the shared config files (default: AWS_PROFILE, or default).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Sign for this region's STS endpoint (default: the region the chain finds; the global
+    /// endpoint when there is none).
+    #[arg(long)]
+    region: Option<String>,
+    /// Use the region's FIPS endpoint (sts-fips).
+    #[arg(long)]
+    fips: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct JoinArgs {
+    /// The join service's base URL (https://, or http:// on loopback).
+    #[arg(long)]
+    server: String,
+    /// The provision token to join with.
+    #[arg(long)]
+    token: String,
+    #[command(flatten)]
+    agent: AgentArgs,
+    /// Give up retrying after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    deadline: f64,
 }
 
 /// How requests are checked and where they are sent: shared by `verify` and `serve`.
@@ -227,9 +266,10 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(*args),
-        Command::Sign { challenge, region, fips, accept_json, challenge_header } => {
-            sign::run(&challenge, region, fips, accept_json, &challenge_header)
+        Command::Sign { challenge, agent, accept_json, challenge_header } => {
+            sign::run(&challenge, &agent, accept_json, &challenge_header)
         }
+        Command::Join(args) => join::run(&args),
         Command::ChallengeKey { id } => iam_join::challenge::ChallengeKey::generate(&id)
             .map(|key| {
                 println!("{}", *key.to_line());

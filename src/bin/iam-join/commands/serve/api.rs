@@ -147,9 +147,10 @@ fn allowed_json(v: &Verdict) -> Value {
     json!(v)
 }
 
-/// The refusal a joining client sees: the kind, whether to retry, and a message. Details about
-/// the client's own request (which header, which host, how old) are its to see; the token's
-/// rules, whether a token exists, STS's or the store's internals are not, and stay in the logs.
+/// The refusal a joining client sees: the kind, whether to retry, a message, and the identity
+/// STS reported for it (its own). Details about the client's own request (which header, which
+/// host, how old) are its to see; the token's rules, whether a token exists, STS's or the
+/// store's internals are not, and stay in the logs.
 fn refused_json(token: &str, e: &Error) -> Value {
     let message = match e.kind() {
         ErrorKind::MalformedRequest
@@ -170,6 +171,7 @@ fn refused_json(token: &str, e: &Error) -> Value {
         "allowed": false,
         "token": token,
         "error": {"kind": e.kind(), "message": message, "retryable": e.is_retryable()},
+        "identity": e.identity(),
     })
 }
 
