@@ -140,7 +140,8 @@ impl AwsChain {
     pub async fn load(&self) -> Result<ChainIdentity, Error> {
         use aws_credential_types::provider::ProvideCredentials as _;
         use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-        let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+        let http =
+            aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
         if let Some(p) = &self.profile {
             loader = loader.profile_name(p);
@@ -152,10 +153,9 @@ impl AwsChain {
         let provider = config
             .credentials_provider()
             .ok_or_else(|| Error::config_invalid("the AWS credential chain is not configured"))?;
-        let found = provider
-            .provide_credentials()
-            .await
-            .map_err(|e| Error::config_invalid(format!("no AWS credentials from the default chain: {}", chain_error(&e))))?;
+        let found = provider.provide_credentials().await.map_err(|e| {
+            Error::config_invalid(format!("no AWS credentials from the default chain: {}", chain_error(&e)))
+        })?;
         Ok(ChainIdentity {
             credentials: Credentials::new(
                 found.access_key_id(),
@@ -325,7 +325,8 @@ mod tests {
         }
         // Every regional endpoint the chain can pick in the aws partition passes the default policy.
         for e in Endpoint::all().iter().filter(|e| e.partition() == crate::arn::Partition::Aws && !e.is_dual_stack()) {
-            let chosen = sts_endpoint(if e.is_global() { None } else { Some(e.signing_region()) }, e.is_fips()).unwrap();
+            let chosen =
+                sts_endpoint(if e.is_global() { None } else { Some(e.signing_region()) }, e.is_fips()).unwrap();
             policy.check(chosen.host()).unwrap();
         }
     }

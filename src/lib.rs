@@ -78,7 +78,7 @@
 //! | `http` | no | conversions between [`StsRequest`]/[`StsResponse`] and the `http` crate's `Request`/`Response` |
 //! | `redis` | no | `RedisReplayGuard`: single use across replicas that share a Redis |
 //! | `serialize` | no | `serde::Serialize` for [`Verdict`], [`CallerIdentity`], [`ErrorKind`] and [`Role`] |
-//! | `agent` | no | `agent::sign_join_request`: the joining side, signed with `aws-sigv4`, written like Go's `Request.Write` |
+//! | `agent` | no | `agent::sign_join_request`: the joining side, signed with `aws-sigv4`, written like Go's `Request.Write`; `agent::AwsChain`: credentials and region from `aws-config`'s default chain (environment, profiles, IRSA web identity, EKS Pod Identity, ECS, IMDSv2) |
 //! | `emulator` | no | `emulator::StsEmulator`: a loopback STS that checks SigV4, for tests and demos |
 //! | `cli` | no | the `iam-join` command |
 //! | `serve` | no | `iam-join serve`, the join service: challenges, joins, Prometheus metrics, reloads (a binary feature; no library API) |

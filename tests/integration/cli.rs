@@ -408,3 +408,101 @@ async fn sign_output_is_accepted_by_verify() {
     let (code, v) = verify(&args(tokens.s(), "iam-token", &c, &sts.url()), signed.stdout).await;
     assert_eq!(code, Some(0), "{v}");
 }
+
+/// `iam-join sign` through aws-config's real chain, in a cleared environment (no IMDS: this is
+/// not EC2): the region from AWS_REGION, AWS_DEFAULT_REGION, a profile or --region, the FIPS host
+/// with --fips, the global host with no region; credentials from the environment or a profile of
+/// the shared files. Every host chosen passes the verifier's default endpoint policy.
+#[test]
+fn sign_picks_region_and_credentials_from_the_aws_chain() {
+    let home = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sign-chain-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let config = home.join("config");
+    let credentials = home.join("credentials");
+    std::fs::write(&config, "[profile dev]\nregion = ap-southeast-2\n").unwrap();
+    std::fs::write(
+        &credentials,
+        "[dev]\naws_access_key_id = AKIAPROFILEKEY000001\naws_secret_access_key = profile-secret\n",
+    )
+    .unwrap();
+    let keys = [("AWS_ACCESS_KEY_ID", "AKIAENVIRONMENTKEY01"), ("AWS_SECRET_ACCESS_KEY", "env-secret")];
+    let sign = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .envs(env.iter().copied())
+            .args(["sign", "--challenge", "0123456789abcdefghijklmnopqrstuv"])
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    let with_keys = |more: &[(&'static str, &'static str)]| [&keys[..], more].concat();
+    /// The case, its environment, its flags, the host and the access key id it must sign with.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "AWS_REGION",
+            with_keys(&[("AWS_REGION", "eu-west-1")]),
+            vec![],
+            "sts.eu-west-1.amazonaws.com",
+            "AKIAENVIRONMENTKEY01",
+        ),
+        (
+            "AWS_DEFAULT_REGION",
+            with_keys(&[("AWS_DEFAULT_REGION", "ap-south-1")]),
+            vec![],
+            "sts.ap-south-1.amazonaws.com",
+            "AKIAENVIRONMENTKEY01",
+        ),
+        (
+            "--region over AWS_REGION",
+            with_keys(&[("AWS_REGION", "eu-west-1")]),
+            vec!["--region", "us-west-1"],
+            "sts.us-west-1.amazonaws.com",
+            "AKIAENVIRONMENTKEY01",
+        ),
+        (
+            "--fips",
+            with_keys(&[("AWS_REGION", "us-east-2")]),
+            vec!["--fips"],
+            "sts-fips.us-east-2.amazonaws.com",
+            "AKIAENVIRONMENTKEY01",
+        ),
+        ("no region: global", with_keys(&[]), vec![], "sts.amazonaws.com", "AKIAENVIRONMENTKEY01"),
+        (
+            "--profile: its region and keys",
+            vec![],
+            vec!["--profile", "dev"],
+            "sts.ap-southeast-2.amazonaws.com",
+            "AKIAPROFILEKEY000001",
+        ),
+        (
+            "AWS_PROFILE",
+            vec![("AWS_PROFILE", "dev")],
+            vec![],
+            "sts.ap-southeast-2.amazonaws.com",
+            "AKIAPROFILEKEY000001",
+        ),
+    ];
+    let policy = iam_join::EndpointPolicy::new();
+    for (case, env, extra, host, key) in &cases {
+        let out = sign(env, extra);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.starts_with(&format!("POST / HTTP/1.1\r\nHost: {host}\r\n")), "{case}: {text}");
+        assert!(text.contains(&format!("Credential={key}/")), "{case}: {text}");
+        policy.check(host).unwrap_or_else(|e| panic!("{case}: {host} refused by the default policy: {e}"));
+    }
+    // No credentials anywhere: a usage error that says what was tried, and nothing signed.
+    let out = sign(&[("AWS_REGION", "eu-west-1")], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no AWS credentials from the default chain"), "{err}");
+    // FIPS without a FIPS host for the region: refused before anything is signed.
+    let out = sign(&with_keys(&[("AWS_REGION", "eu-west-1")]), &["--fips"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -322,6 +322,23 @@ async fn three_replicas_share_challenges_single_use_redis_outages_and_reloads() 
     // The positive control for the table: the same shape of join, done right, is allowed.
     assert_allowed("control", &fresh_join(&http, &c, &a, &user()).await, USER_ARN);
     allowed += 1;
+    // The client, `iam-join join`, with the agent's keys in its environment (the chain's first source).
+    let url = b.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_iam-join"))
+            .args(["join", "--server", &url, "--token", "iam-token", "--deadline", "10"])
+            .env_clear()
+            .env("AWS_ACCESS_KEY_ID", crate::pipeline::USER_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", USER_SECRET)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_allowed("iam-join join", &(200, serde_json::from_slice(&out.stdout).unwrap()), USER_ARN);
+    allowed += 1;
 
     // Redis stops: joins fail closed with the retryable kind, nothing reaches STS, not ready.
     drop(redis);

@@ -171,8 +171,10 @@ spec:
         for region, host in [(None, "sts.amazonaws.com"), ("us-west-2", "sts.us-west-2.amazonaws.com")]:
             c = challenge()
             args = [IAM_JOIN, "sign", "--challenge", c, "--accept-json"] + (["--region", region] if region else [])
-            sign_env = dict(os.environ, AWS_ACCESS_KEY_ID=temp["AccessKeyId"], AWS_SECRET_ACCESS_KEY=temp["SecretAccessKey"],
-                            AWS_SESSION_TOKEN=temp["SessionToken"])
+            # The chain's first source, and no region from anywhere else (not even IMDS).
+            sign_env = {k: v for k, v in os.environ.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")}
+            sign_env.update(AWS_ACCESS_KEY_ID=temp["AccessKeyId"], AWS_SECRET_ACCESS_KEY=temp["SecretAccessKey"],
+                            AWS_SESSION_TOKEN=temp["SessionToken"], AWS_EC2_METADATA_DISABLED="true")
             raw = subprocess.run(args, capture_output=True, env=sign_env, check=True).stdout
             answer = replay_raw(raw, port)
             check(f"iam-join sign ({host}) replayed raw to moto: 200 with the session identity",
