@@ -506,3 +506,55 @@ fn sign_picks_region_and_credentials_from_the_aws_chain() {
     let out = sign(&with_keys(&[("AWS_REGION", "eu-west-1")]), &["--fips"]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// EKS Pod Identity: the chain reads the agent's credentials from the pod's credentials endpoint
+/// (AWS_CONTAINER_CREDENTIALS_FULL_URI, here a loopback stand-in), presenting the token in
+/// AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, and `iam-join sign` signs with the session they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_uses_eks_pod_identity_credentials() {
+    use crate::common::loopback::{Loopback, reply};
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let body = serde_json::json!({
+        "AccessKeyId": "ASIAPODIDENTITY00001",
+        "SecretAccessKey": "pod-identity-secret",
+        "Token": "pod-identity-session-token",
+        "Expiration": expires.format(&time::format_description::well_known::Rfc3339).unwrap(),
+    })
+    .to_string();
+    let agent = Loopback::start(move |mut conn, _request| {
+        let body = body.clone();
+        async move {
+            conn.write_all(&reply(200, "application/json", body.as_bytes())).await.ok()?;
+            Some(conn)
+        }
+    })
+    .await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pod-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("eks-pod-identity-token");
+    std::fs::write(&token, "eks-pod-identity-authorization-token").unwrap();
+    let uri = format!("http://127.0.0.1:{}/v1/credentials", agent.addr().port());
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &dir)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_REGION", "eu-north-1")
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri)
+            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token)
+            .args(["sign", "--challenge", "0123456789abcdefghijklmnopqrstuv"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("POST / HTTP/1.1\r\nHost: sts.eu-north-1.amazonaws.com\r\n"), "{text}");
+    assert!(text.contains("Credential=ASIAPODIDENTITY00001/"), "{text}");
+    assert!(text.contains("X-Amz-Security-Token: pod-identity-session-token\r\n"), "{text}");
+    let asked = String::from_utf8_lossy(&agent.last_request()).to_ascii_lowercase();
+    assert!(asked.starts_with("get /v1/credentials "), "{asked}");
+    assert!(asked.contains("authorization: eks-pod-identity-authorization-token"), "{asked}");
+}
