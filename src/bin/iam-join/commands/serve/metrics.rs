@@ -96,6 +96,17 @@ impl Metrics {
             m.reloads.clone(),
         );
         registry.register("tokens", "iam tokens loaded and in use", m.tokens.clone());
+        // Every series with a fixed label set is shown from the start, at 0, so that alerts on
+        // a rate (failed reloads, conflicts) have a series before the first event.
+        for (family, labels) in [
+            (&m.sts_attempts, &["answered", "failed"][..]),
+            (&m.replay_claims, &["claimed", "conflict", "unavailable"][..]),
+            (&m.reloads, &["ok", "failed"][..]),
+        ] {
+            for &result in labels {
+                family.get_or_create(&Result_ { result }).inc_by(0);
+            }
+        }
         Self { registry, ..m }
     }
 
