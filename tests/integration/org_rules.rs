@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use crate::common::loopback::{self, Loopback};
 use tokio::net::TcpListener;
 
-const ORG: &str = "o-abcdefghij";
+pub(crate) const ORG: &str = "o-abcdefghij";
 const ROOT: &str = "r-ab12";
 const PROD: &str = "ou-ab12-prod0001";
 const PROD_WEB: &str = "ou-ab12-prodweb1";
@@ -34,11 +34,11 @@ const ACCOUNTS: &[(&str, &str)] = &[
     ("666666666666", "foreign"), // another organization
 ];
 
-fn key(account: &str) -> String {
+pub(crate) fn key(account: &str) -> String {
     format!("AKIA{account}ORG0")
 }
 
-fn principals() -> Vec<EmulatedPrincipal> {
+pub(crate) fn principals() -> Vec<EmulatedPrincipal> {
     ACCOUNTS
         .iter()
         .map(|(a, role)| EmulatedPrincipal {
@@ -52,7 +52,7 @@ fn principals() -> Vec<EmulatedPrincipal> {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Mode {
+pub(crate) enum Mode {
     Normal,
     Denied,
     Throttled,
@@ -60,7 +60,7 @@ enum Mode {
 
 /// A fake Organizations endpoint on the shared loopback server, answering DescribeAccount and
 /// ListParents from a small tree on kept-alive connections.
-async fn organizations(mode: Mode) -> Loopback {
+pub(crate) async fn organizations(mode: Mode) -> Loopback {
     let parents: HashMap<&str, (&str, &str)> = HashMap::from([
         ("222222222222", (PROD_WEB, "ORGANIZATIONAL_UNIT")),
         (PROD_WEB, (PROD, "ORGANIZATIONAL_UNIT")),

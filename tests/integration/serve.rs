@@ -59,6 +59,16 @@ struct Replica {
 
 impl Replica {
     async fn start(http: &reqwest::Client, name: &'static str, dir: &Path, args: &[String]) -> Replica {
+        Self::start_with_env(http, name, dir, args, &[]).await
+    }
+
+    async fn start_with_env(
+        http: &reqwest::Client,
+        name: &'static str,
+        dir: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Replica {
         let port = free_port();
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_iam-join"))
@@ -67,6 +77,7 @@ impl Replica {
             .args(args)
             .env("IAM_JOIN_LOG", "info")
             .env_remove("AWS_ACCESS_KEY_ID")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -750,4 +761,56 @@ async fn load_across_three_replicas() {
     assert_eq!(wrong_in_process.load(Ordering::SeqCst), 0, "wrong outcomes in process");
     assert_eq!(sts.requests(), 2 * joins, "each join reached STS exactly once");
     drop(replicas);
+}
+
+/// Organization rules through the service: the service's own credentials (from its environment)
+/// sign the lookups to a fake Organizations endpoint, and the cache metrics count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organization_rules_and_their_cache_metrics() {
+    use crate::org_rules::{Mode, ORG, key, organizations};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let dir = scratch("organizations");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "kind: token\nversion: v2\nmetadata: {{name: whole-org}}\nspec:\n  roles: [Node]\n  join_method: iam\n  \
+             allow:\n  - aws_organization_id: {ORG}\n"
+        ),
+    )
+    .unwrap();
+    let sts = StsEmulator::start(crate::org_rules::principals()).await.unwrap();
+    let org = organizations(Mode::Normal).await;
+    let args: Vec<String> = [
+        "--tokens",
+        &tokens.display().to_string(),
+        "--sts-endpoint",
+        &sts.url(),
+        "--organizations-endpoint",
+        &org.url(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let reader = [("AWS_ACCESS_KEY_ID", "AKIAORGREADER000000"), ("AWS_SECRET_ACCESS_KEY", "org-reader-secret")];
+    let r = Replica::start_with_env(&http, "org", &dir, &args, &reader).await;
+    let member = |account: &str| Credentials::new(key(account), format!("secret-{account}"), None);
+    let join_as = |account: &'static str| {
+        let (http, r) = (http.clone(), &r);
+        async move {
+            let c = challenge(&http, r, "whole-org").await;
+            join(&http, r, &join_body("whole-org", &c, &signed(&member(account), &c, SystemTime::now()))).await
+        }
+    };
+    assert_allowed("member, first join", &join_as("333333333333").await, "arn:aws:iam::333333333333:user/api");
+    let lookups = org.requests();
+    assert!(lookups >= 2, "DescribeAccount and ListParents: {lookups}");
+    assert_allowed("member, cached", &join_as("333333333333").await, "arn:aws:iam::333333333333:user/api");
+    assert_eq!(org.requests(), lookups, "the second join is answered from the cache");
+    assert_refused("no organization", &join_as("555555555555").await, 403, "not_allowed");
+    let text = r.metrics(&http).await;
+    assert_eq!(metric(&text, "iam_join_organizations_cache_hits_total"), 1.0, "{text}");
+    assert_eq!(metric(&text, "iam_join_organizations_cache_misses_total"), 2.0, "{text}");
+    assert_eq!(metric(&text, "iam_join_joins_total{outcome=\"allowed\"}"), 2.0, "{text}");
+    assert!(!r.logs().contains("org-reader-secret"), "the service's secret key is never logged");
 }
