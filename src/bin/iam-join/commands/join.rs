@@ -73,8 +73,8 @@ fn server_url(server: &str) -> Result<String, Usage> {
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
+        // A name could resolve anywhere; the verifier's endpoint override has the same rule.
+        Some(url::Host::Domain(_)) | None => false,
     };
     match url.scheme() {
         "https" => {}
@@ -128,4 +128,28 @@ fn backoff(attempt: u32) -> Duration {
     let mut b = [0u8; 1];
     let jitter = getrandom::fill(&mut b).map_or(0, |()| base * u64::from(b[0]) / 1020);
     Duration::from_millis(base + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signed_request_crosses_no_network_in_clear_text() {
+        assert_eq!(server_url("https://join.example.com/").ok().as_deref(), Some("https://join.example.com"));
+        assert_eq!(server_url("http://127.0.0.1:3080").ok().as_deref(), Some("http://127.0.0.1:3080"));
+        assert_eq!(server_url("http://[::1]:3080/").ok().as_deref(), Some("http://[::1]:3080"));
+        for refused in
+            ["http://join.example.com", "http://localhost:3080", "http://10.0.0.1", "ftp://127.0.0.1", "nope"]
+        {
+            assert!(server_url(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert!((250..=312).contains(&backoff(1).as_millis()), "{:?}", backoff(1));
+        assert!((500..=625).contains(&backoff(2).as_millis()));
+        assert!((5000..=6250).contains(&backoff(30).as_millis()));
+    }
 }
