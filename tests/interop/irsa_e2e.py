@@ -18,38 +18,15 @@ after it, the ones the service replays, is checked.
 Usage: irsa_e2e.py PATH_TO_IAM_JOIN_BINARY (built with --features serve)
 Starts moto and the service on 127.0.0.1 and stops them. Needs no internet.
 """
-import base64, json, os, socket, subprocess, sys, tempfile, time, urllib.request
+import base64, json, os, subprocess, sys, tempfile, time, urllib.request
 
 import boto3
 
+from harness import Tally, free_port, start_moto, wait_for
+
 IAM_JOIN = sys.argv[1]
-passed, failed = 0, 0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(port):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}")
+tally = Tally()
+check = tally.check
 
 
 def http(url, body=None):
@@ -66,14 +43,10 @@ def http(url, body=None):
 def main():
     moto_port, serve_port, down_port = free_port(), free_port(), free_port()
     moto_url = f"http://127.0.0.1:{moto_port}"
-    moto = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
-                            env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="2", AWS_ACCESS_KEY_ID="test",
-                                     AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = start_moto(moto_port, 2)  # create_role x2, then every call is checked
     services = []
     work = tempfile.mkdtemp(prefix="irsa-e2e-")
     try:
-        wait_for(moto_port)
         # Setup: the IRSA role and the node's instance role, in account A (moto's default account).
         iam = boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="test",
                            aws_secret_access_key="test")
@@ -204,8 +177,7 @@ spec:
             p.wait(timeout=20)
         moto.terminate()
         moto.wait(timeout=10)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return tally.summary()
 
 
 if __name__ == "__main__":

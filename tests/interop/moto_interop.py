@@ -9,34 +9,21 @@ aws-sigv4 signature) to moto directly.
 Usage: moto_interop.py PATH_TO_IAM_JOIN_BINARY
 Starts moto on 127.0.0.1 itself and stops it at the end. Needs no internet.
 """
-import json, os, socket, subprocess, sys, tempfile, time
+import json, os, socket, subprocess, sys, tempfile
 
 import boto3
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from harness import Tally, free_port, start_moto
+
 IAM_JOIN = sys.argv[1]
 BODY = "Action=GetCallerIdentity&Version=2011-06-15"
 # create_user x2, create_access_key x2, create_role, assume_role, create_policy, attach_user_policy
 SETUP_CALLS = 8
-passed, failed = 0, 0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}")
+tally = Tally()
+check = tally.check
 
 
 def botocore_request(creds, host, region, challenge, accept_json=False):
@@ -81,17 +68,8 @@ def replay_raw(raw, port):
 
 def main():
     port = free_port()
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(SETUP_CALLS), AWS_ACCESS_KEY_ID="test",
-               AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
-    moto = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = start_moto(port, SETUP_CALLS)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         endpoint = f"http://127.0.0.1:{port}"
         kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
         iam, sts = boto3.client("iam", **kw), boto3.client("sts", **kw)
@@ -232,8 +210,7 @@ spec:
     finally:
         moto.terminate()
         moto.wait(timeout=10)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return tally.summary()
 
 
 if __name__ == "__main__":
