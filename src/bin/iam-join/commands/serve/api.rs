@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use iam_join::challenge::ChallengeKeys;
-use iam_join::{Error, ErrorKind, RedisReplayGuard, Verdict, Verifier};
+use iam_join::{Error, ErrorKind, RedisReplayGuard, Verifier};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -138,13 +138,9 @@ async fn join(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let outcome = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "allowed");
     app.metrics.join(outcome, started);
     match result {
-        Ok(verdict) => (StatusCode::OK, axum::Json(allowed_json(&verdict))).into_response(),
+        Ok(verdict) => (StatusCode::OK, axum::Json(json!(verdict))).into_response(),
         Err(e) => (status_of(&e), axum::Json(refused_json(&req.token, &e))).into_response(),
     }
-}
-
-fn allowed_json(v: &Verdict) -> Value {
-    json!(v)
 }
 
 /// The refusal a joining client sees: the kind, whether to retry, a message, and the identity
