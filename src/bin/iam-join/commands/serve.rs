@@ -239,31 +239,17 @@ async fn watch_tokens(
     verifier: Verifier,
     metrics: Arc<Metrics>,
 ) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot listen for SIGHUP; reloading on file changes only");
-        return poll_only(path, seen, every, verifier, metrics).await;
-    };
+    let mut hup = signal(SignalKind::hangup())
+        .inspect_err(|_| tracing::error!("cannot listen for SIGHUP; reloading on file changes only"))
+        .ok();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let forced = tokio::select! {
-            _ = hup.recv() => true,
+            Some(_) = async { hup.as_mut()?.recv().await } => true,
             _ = tick.tick() => false,
         };
         reload_once(&path, &mut seen, forced, &verifier, &metrics);
-    }
-}
-
-async fn poll_only(
-    path: PathBuf,
-    mut seen: Option<[u8; 32]>,
-    every: Duration,
-    verifier: Verifier,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        tokio::time::sleep(every).await;
-        reload_once(&path, &mut seen, false, &verifier, &metrics);
     }
 }
 
@@ -275,7 +261,7 @@ fn reload_once(path: &Path, seen: &mut Option<[u8; 32]>, forced: bool, verifier:
             // Reported once per state, not at every tick; a SIGHUP always reports.
             if forced || seen.is_some() {
                 tracing::error!(problem, "token reload failed: keeping the tokens in use");
-                metrics.reload(false, 0);
+                metrics.reload_failed();
                 *seen = None;
             }
             return;
@@ -289,12 +275,12 @@ fn reload_once(path: &Path, seen: &mut Option<[u8; 32]>, forced: bool, verifier:
     if loaded.set.has_errors() {
         let errors = loaded.set.diagnostics().iter().filter(|p| p.severity == iam_join::Severity::Error).count();
         tracing::error!(errors, file = %path.display(), "token reload failed: keeping the tokens in use");
-        metrics.reload(false, 0);
+        metrics.reload_failed();
         return;
     }
     let count = loaded.set.len();
     verifier.replace_tokens(loaded.set);
-    metrics.reload(true, count);
+    metrics.reloaded(count);
     tracing::info!(tokens = count, file = %path.display(), "tokens reloaded");
 }
 

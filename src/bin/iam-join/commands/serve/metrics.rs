@@ -123,11 +123,15 @@ impl Metrics {
         self.challenges.inc();
     }
 
-    pub(crate) fn reload(&self, ok: bool, tokens: usize) {
-        self.reloads.get_or_create(&Result_ { result: if ok { "ok" } else { "failed" } }).inc();
-        if ok {
-            self.tokens.set(tokens as i64);
-        }
+    /// A reload that swapped in a set of `tokens` tokens.
+    pub(crate) fn reloaded(&self, tokens: usize) {
+        self.reloads.get_or_create(&Result_ { result: "ok" }).inc();
+        self.set_tokens(tokens);
+    }
+
+    /// A reload that failed: the set in use stays, and so does its count.
+    pub(crate) fn reload_failed(&self) {
+        self.reloads.get_or_create(&Result_ { result: "failed" }).inc();
     }
 
     pub(crate) fn set_tokens(&self, tokens: usize) {
