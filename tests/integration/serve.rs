@@ -49,6 +49,17 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The tests' HTTP client, 20 s per exchange (rustls's provider is chosen once per process).
+fn client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(20))
+}
+
+/// `serve`'s command line from `(flag, value)` pairs.
+fn flags(pairs: &[(&str, &str)]) -> Vec<String> {
+    pairs.iter().flat_map(|(flag, value)| [(*flag).to_owned(), (*value).to_owned()]).collect()
+}
+
 /// One `iam-join serve` process on a loopback port; killed when dropped.
 struct Replica {
     name: &'static str,
@@ -208,8 +219,7 @@ async fn three_replicas_share_challenges_single_use_redis_outages_and_reloads() 
     if !redis_available("serve::three_replicas") {
         return;
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let http = client().build().unwrap();
     let dir = scratch("replicas");
     let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
     std::fs::write(&tokens, TOKENS).unwrap();
@@ -218,21 +228,16 @@ async fn three_replicas_share_challenges_single_use_redis_outages_and_reloads() 
     let redis_port = redis.port;
     let sts = StsEmulator::start(principals()).await.unwrap();
     let (sts_url, redis_url) = (sts.url(), redis.url());
-    let common = |reload: &'static str| {
-        vec![
-            "--tokens".to_owned(),
-            tokens.display().to_string(),
-            "--challenge-key".to_owned(),
-            keys.display().to_string(),
-            "--redis".to_owned(),
-            redis_url.clone(),
-            "--sts-endpoint".to_owned(),
-            sts_url.clone(),
-            "--timeout".to_owned(),
-            "3".to_owned(),
-            "--reload-interval".to_owned(),
-            reload.to_owned(),
-        ]
+    let (tokens_path, keys_path) = (tokens.display().to_string(), keys.display().to_string());
+    let common = |reload: &str| {
+        flags(&[
+            ("--tokens", &tokens_path),
+            ("--challenge-key", &keys_path),
+            ("--redis", &redis_url),
+            ("--sts-endpoint", &sts_url),
+            ("--timeout", "3"),
+            ("--reload-interval", reload),
+        ])
     };
     let a = Replica::start(&http, "a", &dir, &common("0.1")).await;
     let b = Replica::start(&http, "b", &dir, &common("0.1")).await;
@@ -516,8 +521,7 @@ async fn three_replicas_share_challenges_single_use_redis_outages_and_reloads() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_join_in_flight_finish() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let http = client().build().unwrap();
     let dir = scratch("sigterm");
     let tokens = dir.join("tokens.yaml");
     std::fs::write(&tokens, TOKENS).unwrap();
@@ -533,10 +537,8 @@ async fn sigterm_lets_the_join_in_flight_finish() {
         Some(conn)
     })
     .await;
-    let args: Vec<String> =
-        ["--tokens", &tokens.display().to_string(), "--sts-endpoint", &slow.url(), "--timeout", "5"]
-            .map(str::to_owned)
-            .to_vec();
+    let args =
+        flags(&[("--tokens", &tokens.display().to_string()), ("--sts-endpoint", &slow.url()), ("--timeout", "5")]);
     let mut d = Replica::start(&http, "d", &dir, &args).await;
     assert!(d.logs().contains("run one replica only"), "no --redis is said in the logs: {}", d.logs());
     let c = challenge(&http, &d, "iam-token").await;
@@ -615,30 +617,19 @@ async fn load_across_three_replicas() {
     assert!(redis_available("serve::load"), "the load test needs redis-server");
     let joins: usize = std::env::var("IAM_JOIN_LOAD_JOINS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     const CONCURRENCY: usize = 64;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build()
-        .unwrap();
+    let http = client().timeout(Duration::from_secs(30)).pool_max_idle_per_host(CONCURRENCY).build().unwrap();
     let dir = scratch("load");
     let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
     std::fs::write(&tokens, TOKENS).unwrap();
     std::fs::write(&keys, format!("{KEY_LINE}\n")).unwrap();
     let redis = Redis::start(None);
     let sts = StsEmulator::start(principals()).await.unwrap();
-    let args: Vec<String> = [
-        "--tokens",
-        &tokens.display().to_string(),
-        "--challenge-key",
-        &keys.display().to_string(),
-        "--redis",
-        &redis.url(),
-        "--sts-endpoint",
-        &sts.url(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--challenge-key", &keys.display().to_string()),
+        ("--redis", &redis.url()),
+        ("--sts-endpoint", &sts.url()),
+    ]);
     let replicas = Arc::new([
         Replica::start(&http, "a", &dir, &args).await,
         Replica::start(&http, "b", &dir, &args).await,
@@ -768,8 +759,7 @@ async fn load_across_three_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn organization_rules_and_their_cache_metrics() {
     use crate::org_rules::{Mode, ORG, key, organizations};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let http = client().build().unwrap();
     let dir = scratch("organizations");
     let tokens = dir.join("tokens.yaml");
     std::fs::write(
@@ -782,16 +772,11 @@ async fn organization_rules_and_their_cache_metrics() {
     .unwrap();
     let sts = StsEmulator::start(crate::org_rules::principals()).await.unwrap();
     let org = organizations(Mode::Normal).await;
-    let args: Vec<String> = [
-        "--tokens",
-        &tokens.display().to_string(),
-        "--sts-endpoint",
-        &sts.url(),
-        "--organizations-endpoint",
-        &org.url(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--sts-endpoint", &sts.url()),
+        ("--organizations-endpoint", &org.url()),
+    ]);
     let reader = [("AWS_ACCESS_KEY_ID", "AKIAORGREADER000000"), ("AWS_SECRET_ACCESS_KEY", "org-reader-secret")];
     let r = Replica::start_with_env(&http, "org", &dir, &args, &reader).await;
     let member = |account: &str| Credentials::new(key(account), format!("secret-{account}"), None);
