@@ -106,23 +106,25 @@ async fn challenge(State(app): State<Arc<App>>, body: Bytes) -> Response {
     }
 }
 
+/// The join body and its decoded request; a refusal names the token once it is known.
+fn read_join(body: &[u8]) -> Result<(JoinBody, Vec<u8>), (String, String)> {
+    let req: JoinBody = parse(body).map_err(|m| (String::new(), m))?;
+    check_token_name(&req.token).map_err(|m| (String::new(), m.to_owned()))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(req.request.as_bytes())
+        .map_err(|_| (req.token.clone(), "request must be the base64 of the raw signed HTTP request".to_owned()))?;
+    Ok((req, raw))
+}
+
 /// `POST /v1/join {token, challenge, request}`: the verdict, as `iam-join verify` prints it.
 async fn join(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let started = Instant::now();
-    let req: JoinBody = match parse(&body) {
-        Ok(r) => r,
-        Err(m) => {
+    let (req, raw) = match read_join(&body) {
+        Ok(read) => read,
+        Err((token, message)) => {
             app.metrics.join(ErrorKind::MalformedRequest.as_str(), started);
-            return bad_input("", &m);
+            return bad_input(&token, &message);
         }
-    };
-    if let Err(m) = check_token_name(&req.token) {
-        app.metrics.join(ErrorKind::MalformedRequest.as_str(), started);
-        return bad_input("", m);
-    }
-    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(req.request.as_bytes()) else {
-        app.metrics.join(ErrorKind::MalformedRequest.as_str(), started);
-        return bad_input(&req.token, "request must be the base64 of the raw signed HTTP request");
     };
     let now = SystemTime::now();
     // The challenge must be one this service (or a replica with the same keys) issued for this
