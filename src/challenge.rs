@@ -2,13 +2,13 @@
 //! standard base64), and keyed ones ([`ChallengeKeys`]) that any replica holding the keys can
 //! check without shared state: expiring, bound to the token they were issued for, and MACed.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -56,6 +56,33 @@ pub(crate) fn matches(received: &str, issued: &str) -> bool {
     received.len() == issued.len() && bool::from(received.as_bytes().ct_eq(issued.as_bytes()))
 }
 
+/// Which challenge a join must have signed, and how the verifier checks it.
+#[non_exhaustive]
+#[derive(Clone, Copy)]
+pub enum Challenge<'a> {
+    /// A challenge the caller issued and remembers (random: [`generate`]): the request must have
+    /// signed exactly it. Refused as `config_invalid` when shorter than [`MIN_CHALLENGE_LEN`].
+    Plain(&'a str),
+    /// A keyed challenge the agent sent back with its join (in the envelope): checked against
+    /// the verifier's key ring for the token (spelling, key, MAC, expiry), and the request must
+    /// have signed exactly it.
+    Keyed(&'a str),
+    /// A keyed challenge read from the signed request itself, for envelopes that do not carry
+    /// one; then checked against the key ring as [`Challenge::Keyed`].
+    KeyedInRequest,
+}
+
+/// Lengths only: a challenge is a bearer value while it is valid.
+impl fmt::Debug for Challenge<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Challenge::Plain(c) => write!(f, "Plain(<{} chars>)", c.len()),
+            Challenge::Keyed(c) => write!(f, "Keyed(<{} chars>)", c.len()),
+            Challenge::KeyedInRequest => f.write_str("KeyedInRequest"),
+        }
+    }
+}
+
 /// The shortest challenge key: 256 bits.
 pub const MIN_CHALLENGE_KEY_BYTES: usize = 32;
 /// How long a keyed challenge is valid unless configured otherwise.
@@ -93,9 +120,7 @@ impl ChallengeKey {
     /// A key from its id (1 to 32 letters, digits, `-` or `_`) and secret (at least 32 bytes).
     pub fn new(id: &str, secret: Vec<u8>) -> Result<Self, Error> {
         let secret = Zeroizing::new(secret);
-        let id_ok = (1..=MAX_KEY_ID_LEN).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !id_ok {
+        if !is_key_id(id) {
             return Err(Error::config_invalid(format!(
                 "challenge key id {:?} must be 1 to {MAX_KEY_ID_LEN} letters, digits, - or _",
                 id.chars().take(40).collect::<String>()
@@ -236,37 +261,212 @@ impl ChallengeKeys {
         Ok((challenge, UNIX_EPOCH + Duration::from_secs(expiry)))
     }
 
-    /// When `challenge` expires: it is a challenge this ring issued (or accepts) for `token`, its
-    /// MAC is valid (compared in constant time) and it has not expired at `now`. Each refusal is
+    /// Checks `challenge` for `token` at `now`: it is a challenge this ring issued (or accepts),
+    /// in exactly the spelling the issuer writes (see [`KeyedChallenge`]), for `token`, with a
+    /// valid MAC (compared in constant time), and unexpired. Each refusal is
     /// `challenge_mismatch`, with a message that names the reason but never the key.
-    pub fn check(&self, challenge: &str, token: &str, now: SystemTime) -> Result<SystemTime, Error> {
-        let mut parts = challenge.split('.');
-        let (Some("v1"), Some(kid), Some(expiry), Some(nonce), Some(mac), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(mismatch("the challenge is not a keyed challenge of this server (v1.KEY.EXPIRY.NONCE.MAC)"));
-        };
+    pub fn check(&self, challenge: &str, token: &str, now: SystemTime) -> Result<KeyedChallenge, Error> {
+        // The spelling first: a field that parsed more leniently than it is MACed would make one
+        // issued challenge many (each a new single-use claim).
+        let parts = KeyedParts::parse(challenge)?;
         let key = std::iter::once(&self.active)
             .chain(&self.older)
-            .find(|k| k.id == kid)
+            .find(|k| k.id == parts.key_id)
             .ok_or_else(|| mismatch("the challenge names a key this server does not hold"))?;
-        let expiry_secs: u64 = (expiry.len() <= 12 && expiry.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| expiry.parse().ok())
-            .flatten()
-            .ok_or_else(|| mismatch("the challenge's expiry is not a time"))?;
-        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| mismatch("the challenge's MAC is not base64"))?;
-        key.mac(expiry_secs, nonce, token)
-            .verify_slice(&mac)
+        key.mac(parts.expiry, parts.nonce_text, token)
+            .verify_slice(&parts.mac)
             .map_err(|_| mismatch("the challenge's MAC does not match: forged, or issued for another token"))?;
-        let expires = UNIX_EPOCH + Duration::from_secs(expiry_secs);
+        let expires = UNIX_EPOCH + Duration::from_secs(parts.expiry);
         if expires <= now {
             return Err(mismatch("the challenge has expired; the agent must ask for a new one"));
         }
         if expires > now + MAX_CHALLENGE_TTL {
             return Err(mismatch("the challenge expires further ahead than any this server issues"));
         }
-        Ok(expires)
+        Ok(KeyedChallenge { key_id: key.id.clone(), expiry: parts.expiry, nonce: parts.nonce, mac: parts.mac })
     }
+}
+
+/// The longest expiry field: 12 decimal digits reach the year 33658, and the shortest spelling
+/// of any real expiry is 10 digits.
+const MAX_EXPIRY_DIGITS: usize = 12;
+/// The nonce and MAC fields' exact lengths in unpadded base64url.
+const NONCE_CHARS: usize = 22;
+const MAC_CHARS: usize = 43;
+
+/// A keyed challenge's fields, read strictly: only the one spelling [`ChallengeKeys::issue`]
+/// writes is accepted. `v1` exactly; a key id of 1 to 32 letters, digits, `-` or `_`; the expiry
+/// in canonical decimal (digits only, no sign, no leading zero, at most 12); the nonce and the
+/// MAC in canonical unpadded base64url (exactly 22 and 43 characters, no padding, no other
+/// alphabet, unused bits zero).
+struct KeyedParts<'a> {
+    key_id: &'a str,
+    expiry: u64,
+    nonce_text: &'a str,
+    nonce: [u8; NONCE_BYTES],
+    mac: [u8; 32],
+}
+
+impl<'a> KeyedParts<'a> {
+    fn parse(challenge: &'a str) -> Result<Self, Error> {
+        let mut parts = challenge.split('.');
+        let (Some("v1"), Some(key_id), Some(expiry), Some(nonce_text), Some(mac_text), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(mismatch("the challenge is not a keyed challenge of this server (v1.KEY.EXPIRY.NONCE.MAC)"));
+        };
+        if !is_key_id(key_id) {
+            return Err(mismatch("the challenge's key id is not one this server writes"));
+        }
+        let canonical_decimal = (1..=MAX_EXPIRY_DIGITS).contains(&expiry.len())
+            && expiry.bytes().all(|b| b.is_ascii_digit())
+            && !expiry.starts_with('0');
+        let expiry = canonical_decimal
+            .then(|| expiry.parse::<u64>().ok())
+            .flatten()
+            .ok_or_else(|| mismatch("the challenge's expiry is not a time in canonical decimal"))?;
+        let nonce = canonical_base64url::<NONCE_BYTES>(nonce_text, NONCE_CHARS)
+            .ok_or_else(|| mismatch("the challenge's nonce is not canonical base64url"))?;
+        let mac = canonical_base64url::<32>(mac_text, MAC_CHARS)
+            .ok_or_else(|| mismatch("the challenge's MAC is not canonical base64url"))?;
+        Ok(Self { key_id, expiry, nonce_text, nonce, mac })
+    }
+}
+
+/// `text` as exactly `N` bytes of unpadded base64url in its one canonical spelling: `chars`
+/// characters, the URL-safe alphabet, no padding, and unused trailing bits zero (the `base64`
+/// engine refuses nonzero ones; the re-encoding below says so again, in constant time).
+fn canonical_base64url<const N: usize>(text: &str, chars: usize) -> Option<[u8; N]> {
+    if text.len() != chars {
+        return None;
+    }
+    let decoded = URL_SAFE_NO_PAD.decode(text).ok()?;
+    let bytes: [u8; N] = decoded.try_into().ok()?;
+    let again = URL_SAFE_NO_PAD.encode(bytes);
+    bool::from(again.as_bytes().ct_eq(text.as_bytes())).then_some(bytes)
+}
+
+fn is_key_id(id: &str) -> bool {
+    (1..=MAX_KEY_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A keyed challenge that passed [`ChallengeKeys::check`]. `Display` writes it back in its one
+/// canonical spelling, which is the spelling that was checked.
+///
+/// ```
+/// use std::time::SystemTime;
+/// use iam_join::challenge::{ChallengeKey, ChallengeKeys};
+/// let keys = ChallengeKeys::new(ChallengeKey::generate("k1").unwrap());
+/// let c = keys.issue("iam-token", SystemTime::now()).unwrap();
+/// let checked = keys.check(&c, "iam-token", SystemTime::now()).unwrap();
+/// assert_eq!(checked.to_string(), c);
+/// assert_eq!(checked.key_id(), "k1");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyedChallenge {
+    key_id: String,
+    expiry: u64,
+    nonce: [u8; NONCE_BYTES],
+    mac: [u8; 32],
+}
+
+impl KeyedChallenge {
+    /// When the challenge expires (whole seconds, as it carries it).
+    pub fn expires(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.expiry)
+    }
+
+    /// The id of the key that issued it.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+impl fmt::Display for KeyedChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "v1.{}.{}.{}.{}",
+            self.key_id,
+            self.expiry,
+            URL_SAFE_NO_PAD.encode(self.nonce),
+            URL_SAFE_NO_PAD.encode(self.mac)
+        )
+    }
+}
+
+/// Key id and expiry only: the nonce and the MAC are as good as the challenge.
+impl fmt::Debug for KeyedChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedChallenge").field("key_id", &self.key_id).field("expiry", &self.expiry).finish_non_exhaustive()
+    }
+}
+
+/// The key a challenge is claimed under in a replay guard: `iam-join:c:` and a hex SHA-256, so
+/// stores never hold the challenge.
+///
+/// It names the challenge's identity, not its spelling. For a challenge of the keyed shape
+/// (`v1.KEYID.EXPIRY.NONCE.MAC`) that is the key id and the nonce's bytes, read leniently (any
+/// case of `v1`, surrounding white space, padding, either base64 alphabet, stray bits): even if a
+/// check upstream were ever lenient about a field, two spellings of one issued challenge could
+/// not be two claims. Lenience here can only merge claims, never split them, and two challenges
+/// an issuer wrote never share a nonce. Anything else (plain random challenges) is claimed on its
+/// exact bytes, which is what the verifier compares.
+pub(crate) fn claim_key(challenge: &str) -> String {
+    let mut h = Sha256::new();
+    match keyed_identity(challenge) {
+        Some((key_id, nonce)) => {
+            for part in [&b"iam-join claim: keyed v1"[..], key_id.as_bytes(), &nonce] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
+        }
+        None => {
+            for part in [&b"iam-join claim: plain"[..], challenge.as_bytes()] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
+        }
+    }
+    let mut key = String::with_capacity(11 + 64);
+    key.push_str("iam-join:c:");
+    for b in h.finalize() {
+        let _ = write!(key, "{b:02x}"); // writing to a String cannot fail
+    }
+    key
+}
+
+/// The key id and nonce bytes of anything shaped like a keyed challenge, read as leniently as
+/// any parser might ever read them.
+fn keyed_identity(challenge: &str) -> Option<(&str, Vec<u8>)> {
+    let mut parts = challenge.split('.');
+    let (Some(version), Some(key_id), Some(_), Some(nonce), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    if !version.trim().eq_ignore_ascii_case("v1") {
+        return None;
+    }
+    let nonce: String = nonce
+        .trim()
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_encode_padding(false)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let bytes = lenient.decode(nonce).ok().filter(|b| !b.is_empty())?;
+    Some((key_id.trim(), bytes))
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -288,9 +488,9 @@ mod tests {
         let c = old.issue("t", now).unwrap();
         assert!(c.starts_with("v1.k1.1800000300."), "{c}");
         assert!(c.len() >= MIN_CHALLENGE_LEN && c.bytes().all(|b| b.is_ascii_graphic()));
-        assert_eq!(old.check(&c, "t", now).unwrap(), UNIX_EPOCH + Duration::from_secs(1_800_000_300));
+        assert_eq!(old.check(&c, "t", now).unwrap().expires(), UNIX_EPOCH + Duration::from_secs(1_800_000_300));
         let (c2, expires) = old.issue_with_expiry("t", now + Duration::from_millis(1500)).unwrap();
-        assert_eq!(old.check(&c2, "t", now).unwrap(), expires, "the expiry told is the one the challenge carries");
+        assert_eq!(old.check(&c2, "t", now).unwrap().expires(), expires, "the expiry told is the one the challenge carries");
         assert_eq!(expires, UNIX_EPOCH + Duration::from_secs(1_800_000_301));
         // Rotation: the new active key issues; the old one is still accepted.
         let ring = ChallengeKeys::new(key("k2", 2)).accept(key("k1", 1)).unwrap();
@@ -316,6 +516,90 @@ mod tests {
         }
         // A plain random challenge is not keyed.
         refused(&old, &generate().unwrap(), "t", now);
+    }
+
+    /// Every field in every spelling but the issuer's is refused before the MAC is checked, so
+    /// one issued challenge is one claim (the expiry once accepted leading zeros: one challenge,
+    /// three joins).
+    #[test]
+    fn only_the_issuers_spelling_is_accepted() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ring = ChallengeKeys::new(key("k1", 1));
+        let c = ring.issue("t", now).unwrap();
+        let f: Vec<&str> = c.split('.').collect();
+        let with = |i: usize, v: &str| {
+            let mut g: Vec<String> = f.iter().map(|s| (*s).to_owned()).collect();
+            g[i] = v.to_owned();
+            g.join(".")
+        };
+        let std_alphabet = |s: &str| s.replace('-', "+").replace('_', "/");
+        // The last character of the nonce (22 chars, 16 bytes) carries 4 unused bits.
+        let nonce_bits = {
+            let mut n = f[3].to_owned();
+            let last = n.pop().unwrap();
+            let idx = base64::alphabet::URL_SAFE.as_str().find(last).unwrap();
+            n.push(base64::alphabet::URL_SAFE.as_str().as_bytes()[idx ^ 1] as char);
+            n
+        };
+        let mac_bits = {
+            let mut m = f[4].to_owned();
+            let last = m.pop().unwrap();
+            let idx = base64::alphabet::URL_SAFE.as_str().find(last).unwrap();
+            m.push(base64::alphabet::URL_SAFE.as_str().as_bytes()[idx ^ 1] as char);
+            m
+        };
+        let cases: Vec<(&str, String)> = vec![
+            ("version in capitals", with(0, "V1")),
+            ("version with a leading zero", with(0, "v01")),
+            ("key id with a space", with(1, " k1")),
+            ("expiry with one leading zero", with(2, &format!("0{}", f[2]))),
+            ("expiry with two leading zeros", with(2, &format!("00{}", f[2]))),
+            ("expiry with a plus sign", with(2, &format!("+{}", f[2]))),
+            ("expiry with white space", with(2, &format!("{} ", f[2]))),
+            ("expiry in hex", with(2, &format!("0x{:x}", f[2].parse::<u64>().unwrap()))),
+            ("nonce padded", with(3, &format!("{}==", f[3]))),
+            ("nonce with unused bits set", with(3, &nonce_bits)),
+            ("mac padded", with(4, &format!("{}=", f[4]))),
+            ("mac with unused bits set", with(4, &mac_bits)),
+            ("trailing dot", format!("{c}.")),
+            ("leading white space", format!(" {c}")),
+        ];
+        assert!(ring.check(&c, "t", now).is_ok(), "positive control: the issued spelling");
+        for (case, spelled) in &cases {
+            assert_ne!(spelled, &c, "{case}: not another spelling");
+            let e = ring.check(spelled, "t", now).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ChallengeMismatch, "{case}");
+            assert!(!e.detail().contains("MAC does not match"), "{case}: refused by the spelling check, not the MAC: {e}");
+            // Whatever a lenient parser might accept, it is one claim with the issued spelling.
+            if !case.starts_with("trailing") && !case.starts_with("version with") {
+                assert_eq!(claim_key(spelled), claim_key(&c), "{case}: another spelling would be another claim");
+            }
+        }
+        // The standard alphabet, where the nonce or MAC holds a character that differs in it.
+        for i in [3, 4] {
+            let other = std_alphabet(f[i]);
+            if other != f[i] {
+                assert!(ring.check(&with(i, &other), "t", now).is_err());
+                assert_eq!(claim_key(&with(i, &other)), claim_key(&c));
+            }
+        }
+        // Another nonce is another challenge, and another claim.
+        let c2 = ring.issue("t", now).unwrap();
+        assert_ne!(claim_key(&c2), claim_key(&c));
+        assert_eq!(ring.check(&c, "t", now).unwrap().to_string(), c, "accepted re-encodes to itself");
+    }
+
+    #[test]
+    fn plain_challenges_are_claimed_on_their_exact_bytes() {
+        let c = generate().unwrap();
+        assert_eq!(claim_key(&c), claim_key(&c.clone()));
+        assert_ne!(claim_key(&c), claim_key(&format!("{c}A")));
+        let k = claim_key(&c);
+        assert_eq!(k.len(), 11 + 64);
+        assert!(k.starts_with("iam-join:c:") && !k.contains(&c), "stores never hold the challenge");
+        // The two shapes never share a key: a plain challenge spelled like a keyed one with
+        // another nonce is another claim.
+        assert_ne!(claim_key("v1.k1.1.AAAAAAAAAAAAAAAAAAAAAA.x"), claim_key("v1.k1.1.AAAAAAAAAAAAAAAAAAAAAQ.x"));
     }
 
     #[test]

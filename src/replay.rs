@@ -2,11 +2,9 @@
 //! replicas): the [`ReplayGuard`] trait and a bounded, expiring in-memory guard for one process.
 
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Mutex;
 use std::time::SystemTime;
-
-use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 #[cfg(test)]
@@ -25,17 +23,6 @@ pub trait ReplayGuard: Send + Sync + fmt::Debug {
     /// claimed before and the claim has not expired at `now`. An error (the store could not
     /// answer) fails the join closed, as `replay_store_unavailable`.
     fn claim<'a>(&'a self, key: &'a str, until: SystemTime, now: SystemTime) -> BoxFuture<'a, Result<bool, Error>>;
-}
-
-/// The key a challenge is claimed under: its SHA-256, hex. Stores never hold the challenge.
-pub(crate) fn claim_key(challenge: &str) -> String {
-    let digest = Sha256::digest(challenge.as_bytes());
-    let mut key = String::with_capacity(11 + 64);
-    key.push_str("iam-join:c:");
-    for b in digest {
-        let _ = write!(key, "{b:02x}"); // writing to a String cannot fail
-    }
-    key
 }
 
 /// The store could not answer: fail closed, retryably.
@@ -204,11 +191,4 @@ mod tests {
         assert_eq!(g.len(), 1);
     }
 
-    #[test]
-    fn stores_hold_a_digest_never_the_challenge() {
-        let k = claim_key("v1.k1.1800000300.nonce.mac");
-        assert_eq!(k.len(), 11 + 64);
-        assert!(k.starts_with("iam-join:c:") && !k.contains("nonce"));
-        assert_ne!(k, claim_key("v1.k1.1800000300.nonce.mad"));
-    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::arn::{AccountId, Partition};
-use crate::challenge::{self, ChallengeKeys};
+use crate::challenge::{self, Challenge, ChallengeKeys};
 use crate::error::{Error, ErrorKind};
 use crate::identity::CallerIdentity;
 use crate::membership::Membership;
@@ -22,11 +22,7 @@ use crate::response::StsResponse;
 use crate::response::{StsAnswer, parse_sts_response};
 use crate::token::{Role, Token, TokenSet, truncated_name};
 #[cfg(feature = "io")]
-use crate::{
-    organizations::OrganizationsClient,
-    replay::{ReplayGuard, claim_key},
-    transport::StsTransport,
-};
+use crate::{organizations::OrganizationsClient, replay::ReplayGuard, transport::StsTransport};
 
 /// Default number of retries after an `sts_unavailable` outcome (GetCallerIdentity is idempotent).
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -341,13 +337,38 @@ impl Verifier {
         self.inner.tokens.store(Arc::new(tokens));
     }
 
-    /// Checks the token and the request without any network work: the first step of the state
-    /// machine. Refuses an issued challenge shorter than [`challenge::MIN_CHALLENGE_LEN`] as
-    /// `config_invalid` before reading the request, whatever the agent signed.
+    /// Checks the request and the token without any network work: the first step of the state
+    /// machine, for a challenge the caller issued ([`Challenge::Plain`]). Refuses an issued
+    /// challenge shorter than [`challenge::MIN_CHALLENGE_LEN`] as `config_invalid` before
+    /// reading the request, whatever the agent signed.
     pub fn prepare(
         &self,
         token_name: &str,
         challenge: &str,
+        raw_request: &[u8],
+        now: SystemTime,
+    ) -> Result<Prepared, Error> {
+        self.prepare_challenge(token_name, Challenge::Plain(challenge), raw_request, now)
+    }
+
+    /// [`Verifier::prepare`] for a keyed challenge read from the request
+    /// ([`Challenge::KeyedInRequest`]): checked against the key ring
+    /// ([`Verifier::challenge_keys`]) for `token_name` (spelling, key id, MAC, expiry).
+    /// Refusals: `challenge_mismatch` for a forged, expired, misspelled or misbound challenge;
+    /// `config_invalid` without a key ring.
+    pub fn prepare_keyed(&self, token_name: &str, raw_request: &[u8], now: SystemTime) -> Result<Prepared, Error> {
+        self.prepare_challenge(token_name, Challenge::KeyedInRequest, raw_request, now)
+    }
+
+    /// The first step of the state machine for any [`Challenge`]. Checks, in order: the challenge
+    /// (its length, or for a keyed one its spelling, MAC and expiry against the key ring), the
+    /// request (so that a malformed request gets the same refusal whether or not the token
+    /// exists), then the token. A keyed challenge's claim lasts until it expires, or until the
+    /// request's freshness window ends if that is first.
+    pub fn prepare_challenge(
+        &self,
+        token_name: &str,
+        challenge: Challenge<'_>,
         raw_request: &[u8],
         now: SystemTime,
     ) -> Result<Prepared, Error> {
@@ -362,38 +383,45 @@ impl Verifier {
         result
     }
 
+    fn keys(&self) -> Result<&ChallengeKeys, Error> {
+        self.inner
+            .challenge_keys
+            .as_deref()
+            .ok_or_else(|| Error::config_invalid("keyed challenges need a key ring: set Verifier::challenge_keys"))
+    }
+
     fn prepare_unspanned(
         &self,
         token_name: &str,
-        challenge: &str,
+        challenge: Challenge<'_>,
         raw_request: &[u8],
         now: SystemTime,
     ) -> Result<Prepared, Error> {
-        challenge::check_issued(challenge)?;
+        let policy = &self.inner.policy;
+        let (request, expires) = match challenge {
+            Challenge::Plain(c) => {
+                challenge::check_issued(c)?;
+                (StsRequest::parse(raw_request, c, policy, now)?, None)
+            }
+            Challenge::Keyed(c) => {
+                let checked = self.keys()?.check(c, token_name, now)?;
+                (StsRequest::parse(raw_request, c, policy, now)?, Some(checked.expires()))
+            }
+            Challenge::KeyedInRequest => {
+                let keys = self.keys()?;
+                let request = StsRequest::parse_unchecked(raw_request, policy, now)?;
+                let checked = keys.check(request.signed_challenge(), token_name, now)?;
+                (request, Some(checked.expires()))
+            }
+        };
         let tokens = self.inner.tokens.load();
         let token = tokens.lookup(token_name)?.clone();
         if token.is_expired(now) {
             return Err(token_invalid(format!("token {:?} has expired", truncated_name(token_name))));
         }
-        let request = StsRequest::parse(raw_request, challenge, &self.inner.policy, now)?;
-        let claim_until = request.signed_at() + self.inner.policy.skew();
+        let fresh_until = request.signed_at() + policy.skew();
+        let claim_until = expires.map_or(fresh_until, |e| e.min(fresh_until));
         Ok(Prepared { token, request, claim_until })
-    }
-
-    /// [`Verifier::prepare`] for a keyed challenge: reads the challenge the agent signed, checks
-    /// it against the key ring ([`Verifier::challenge_keys`]) for `token_name` (MAC, key id,
-    /// expiry), then prepares with it. Refusals: `challenge_mismatch` for a forged, expired or
-    /// misbound challenge; `config_invalid` without a key ring.
-    pub fn prepare_keyed(&self, token_name: &str, raw_request: &[u8], now: SystemTime) -> Result<Prepared, Error> {
-        let keys =
-            self.inner.challenge_keys.as_ref().ok_or_else(|| {
-                Error::config_invalid("keyed challenges need a key ring: set Verifier::challenge_keys")
-            })?;
-        let challenge = StsRequest::peek_challenge(raw_request, &self.inner.policy, now)?;
-        let expires = keys.check(&challenge, token_name, now)?;
-        let mut prepared = self.prepare(token_name, &challenge, raw_request, now)?;
-        prepared.claim_until = prepared.claim_until.min(expires);
-        Ok(prepared)
     }
 
     /// Reads STS's answer to a prepared request and matches the identity against the token:
@@ -447,20 +475,32 @@ impl Verifier {
         raw_request: &[u8],
         now: SystemTime,
     ) -> Result<Verdict, Error> {
-        self.run_through_transport(token_name, Issued::Plain(challenge), raw_request, now).await
+        self.run_through_transport(token_name, Challenge::Plain(challenge), raw_request, now).await
     }
 
     /// [`Verifier::verify`] for a keyed challenge ([`Verifier::prepare_keyed`]): the agent's
     /// request carries a challenge issued by any replica with the same key ring.
     pub async fn verify_keyed(&self, token_name: &str, raw_request: &[u8], now: SystemTime) -> Result<Verdict, Error> {
-        self.run_through_transport(token_name, Issued::Keyed, raw_request, now).await
+        self.run_through_transport(token_name, Challenge::KeyedInRequest, raw_request, now).await
+    }
+
+    /// [`Verifier::verify`] for any [`Challenge`] ([`Verifier::prepare_challenge`]): for a join
+    /// service whose envelope carries a keyed challenge, `Challenge::Keyed(received)`.
+    pub async fn verify_challenge(
+        &self,
+        token_name: &str,
+        challenge: Challenge<'_>,
+        raw_request: &[u8],
+        now: SystemTime,
+    ) -> Result<Verdict, Error> {
+        self.run_through_transport(token_name, challenge, raw_request, now).await
     }
 
     /// Runs the machine with the verifier's own transport.
     async fn run_through_transport(
         &self,
         token_name: &str,
-        issued: Issued<'_>,
+        challenge: Challenge<'_>,
         raw_request: &[u8],
         now: SystemTime,
     ) -> Result<Verdict, Error> {
@@ -473,7 +513,7 @@ impl Verifier {
             let transport = Arc::clone(&transport);
             async move { transport.send(&request).await }
         };
-        self.run(token_name, issued, raw_request, now, send).await
+        self.run(token_name, challenge, raw_request, now, send).await
     }
 
     /// [`Verifier::verify`] with your own round trip: `send` makes one HTTP exchange of the
@@ -492,7 +532,7 @@ impl Verifier {
     ///         Err::<StsResponse, _>(Error::sts_unavailable("my HTTP client", std::io::Error::other("refused")))
     ///     })
     ///     .await;
-    /// assert_eq!(outcome.unwrap_err().kind(), iam_join::ErrorKind::TokenInvalid); // no such token
+    /// assert_eq!(outcome.unwrap_err().kind(), iam_join::ErrorKind::MalformedRequest); // no request
     /// # Ok(()) }
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
     /// ```
@@ -508,13 +548,13 @@ impl Verifier {
         S: Fn(StsRequest) -> F,
         F: std::future::Future<Output = Result<StsResponse, Error>>,
     {
-        self.run(token_name, Issued::Plain(challenge), raw_request, now, send).await
+        self.run(token_name, Challenge::Plain(challenge), raw_request, now, send).await
     }
 
     async fn run<S, F>(
         &self,
         token_name: &str,
-        issued: Issued<'_>,
+        challenge: Challenge<'_>,
         raw_request: &[u8],
         now: SystemTime,
         send: S,
@@ -537,7 +577,7 @@ impl Verifier {
             total_us = Empty,
         );
         let started = Instant::now();
-        let result = self.drive(token_name, issued, raw_request, now, &send, &span).instrument(span.clone()).await;
+        let result = self.drive(token_name, challenge, raw_request, now, &send, &span).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(_) => "allowed",
             Err(e) => e.kind().as_str(),
@@ -564,7 +604,7 @@ impl Verifier {
     async fn drive<S, F>(
         &self,
         token_name: &str,
-        issued: Issued<'_>,
+        challenge: Challenge<'_>,
         raw_request: &[u8],
         now: SystemTime,
         send: &S,
@@ -575,10 +615,7 @@ impl Verifier {
         F: std::future::Future<Output = Result<StsResponse, Error>>,
     {
         let t0 = Instant::now();
-        let prepared = match issued {
-            Issued::Plain(challenge) => self.prepare(token_name, challenge, raw_request, now),
-            Issued::Keyed => self.prepare_keyed(token_name, raw_request, now),
-        };
+        let prepared = self.prepare_challenge(token_name, challenge, raw_request, now);
         span.record("prepare_us", t0.elapsed().as_micros() as u64);
         let prepared = prepared?;
         if self.inner.organizations.is_none() && prepared.token.matcher().organization_rules().next().is_some() {
@@ -590,7 +627,7 @@ impl Verifier {
         span.record("endpoint", prepared.request.endpoint().host());
         // Single use: claimed after every local check, before anything is sent.
         if let Some(guard) = &self.inner.replay {
-            let key = claim_key(prepared.request.signed_challenge());
+            let key = challenge::claim_key(prepared.request.signed_challenge());
             if !guard.claim(&key, prepared.claim_until, now).await? {
                 return Err(Error::new(
                     ErrorKind::ChallengeReplayed,
@@ -667,15 +704,6 @@ impl Verifier {
     }
 }
 
-/// The challenge a verification checks: the one the caller issued, or a keyed one read from the
-/// request and checked against the key ring.
-#[cfg(feature = "io")]
-#[derive(Clone, Copy)]
-enum Issued<'a> {
-    Plain(&'a str),
-    Keyed,
-}
-
 /// One step of the machine after STS answered: decide now, or ask for a membership. The plain
 /// rules are matched once; organization rules can decide only when they come before the first
 /// plain match (the lowest index wins) and their other fields match.
@@ -741,10 +769,10 @@ mod tests {
             let e = v.prepare("no-such-token", c, b"", SystemTime::UNIX_EPOCH).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
         }
-        // Positive control: a long enough challenge gets to the token lookup.
+        // Positive control: a long enough challenge gets to the request check.
         let c = "a".repeat(challenge::MIN_CHALLENGE_LEN);
         let e = v.prepare("no-such-token", &c, b"", SystemTime::UNIX_EPOCH).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::TokenInvalid);
+        assert_eq!(e.kind(), ErrorKind::MalformedRequest);
     }
 
     #[test]

@@ -98,9 +98,8 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
     let policy = a.endpoints.policy()?;
     let sts: Arc<dyn AwsTransport> = Arc::new(a.endpoints.sts_transport(timeout)?);
     let metered = MeteredTransport { inner: sts, metrics: Arc::clone(&metrics) };
-    // The handler checks each challenge against `keys` itself, then has the verifier require that
-    // exactly it was signed (`verify`), so the verifier needs no key ring of its own.
-    let mut verifier = Verifier::new(tokens, policy, metered).deadline(timeout);
+    // The verifier checks each join's challenge against the ring the service issues with.
+    let mut verifier = Verifier::new(tokens, policy, metered).deadline(timeout).challenge_keys(keys.clone());
     match Credentials::from_env() {
         Ok(creds) => {
             let org = Arc::new(OrganizationsClient::new(creds, a.endpoints.organizations_transport(timeout)?));

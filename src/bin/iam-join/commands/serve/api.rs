@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
-use iam_join::challenge::ChallengeKeys;
+use iam_join::challenge::{Challenge, ChallengeKeys};
 use iam_join::{Error, ErrorKind, RedisReplayGuard, Verifier};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -126,17 +126,10 @@ async fn join(State(app): State<Arc<App>>, body: Bytes) -> Response {
             return bad_input(&token, &message);
         }
     };
-    let now = SystemTime::now();
     // The challenge must be one this service (or a replica with the same keys) issued for this
-    // token and still valid; the verifier then checks the request signed exactly it.
-    let result = match app.keys.check(&req.challenge, &req.token, now) {
-        // The library logs every verification it runs, with its outcome.
-        Ok(_) => app.verifier.verify(&req.token, &req.challenge, &raw, now).await,
-        Err(e) => {
-            tracing::info!(token = req.token.as_str(), kind = e.kind().as_str(), error = %e, "join refused");
-            Err(e)
-        }
-    };
+    // token, in its one spelling, and still valid; the request must have signed exactly it. The
+    // library checks both, claims it, and logs the outcome in its span.
+    let result = app.verifier.verify_challenge(&req.token, Challenge::Keyed(&req.challenge), &raw, SystemTime::now()).await;
     let outcome = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "allowed");
     app.metrics.join(outcome, started);
     match result {
