@@ -47,3 +47,9 @@ for f in "$vectors"/organizations/*.json; do
   case "$(basename "$f")" in describe_*) sel='\x00' ;; *) sel='\x01' ;; esac
   { printf "$sel"; cat "$f"; } > "corpus/parse_organizations/$(basename "$f" .json)"
 done
+mkdir -p corpus/parse_challenge
+# Edit scripts (operation, position, character) over an issued challenge: none, a replaced
+# character, a deleted one.
+printf '' > corpus/parse_challenge/seed-none
+printf '\x02\x20\x05' > corpus/parse_challenge/seed-replace
+printf '\x01\x10\x00' > corpus/parse_challenge/seed-delete

@@ -11,6 +11,8 @@
 #[path = "../common/loopback.rs"]
 mod loopback;
 
+#[cfg(feature = "agent")]
+mod challenges;
 mod identities;
 mod requests;
 mod sts_bodies;
@@ -288,6 +290,8 @@ fn corpus_has_at_least_80_named_cases_with_unique_names() {
     names.extend(sts_bodies::CASES.iter().map(|c| c.name));
     names.extend(tokens::CASES.iter().map(|c| c.name));
     names.extend(identities::CASES.iter().map(|c| c.name));
+    #[cfg(feature = "agent")]
+    names.extend(challenges::CASES.iter().map(|c| c.name));
     let total = names.len();
     names.sort_unstable();
     names.dedup();

@@ -242,3 +242,52 @@ fn rebuild_property_sees_accepted_requests() {
     assert!(accepted >= 50, "only {accepted} of 500 edited requests were accepted");
     eprintln!("{accepted} of 500 edited requests accepted");
 }
+
+/// Characters an alternative spelling of a keyed challenge is made of: digits, signs, padding,
+/// both base64 alphabets' extra characters, the separator, white space, case.
+const RESPELL: &[char] = &['0', '1', '+', '-', '=', '_', '/', '.', ' ', '\t', 'A', 'a', 'V', 'v', 'x'];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Any keyed challenge the ring accepts re-encodes to itself, and is the one it issued: a
+    /// challenge has one spelling, so one issued challenge is one single-use claim (issue 18).
+    #[test]
+    fn an_accepted_keyed_challenge_is_the_issued_one_in_its_own_spelling(
+        edits in proptest::collection::vec((0u8..3, any::<usize>(), proptest::sample::select(RESPELL)), 0..4)
+    ) {
+        use iam_join::challenge::{ChallengeKey, ChallengeKeys};
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let ring = ChallengeKeys::new(ChallengeKey::new("k1", vec![3; 32]).unwrap());
+        let issued = ring.issue("iam-token", now).unwrap();
+        let mut s: Vec<char> = issued.chars().collect();
+        for (op, at, c) in edits {
+            let at = at % (s.len() + 1);
+            match op {
+                0 => s.insert(at, c),
+                1 if at < s.len() => { s.remove(at); }
+                _ if at < s.len() => s[at] = c,
+                _ => {}
+            }
+        }
+        let s: String = s.into_iter().collect();
+        if let Ok(checked) = ring.check(&s, "iam-token", now) {
+            prop_assert_eq!(checked.to_string(), s.clone());
+            prop_assert_eq!(s, issued);
+        }
+    }
+}
+
+/// The property above is not vacuous: among small edits of an issued challenge it meets
+/// accepted ones (no edit, or one that writes a character over itself) and refused ones.
+#[test]
+fn the_respelling_property_sees_both_outcomes() {
+    use iam_join::challenge::{ChallengeKey, ChallengeKeys};
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+    let ring = ChallengeKeys::new(ChallengeKey::new("k1", vec![3; 32]).unwrap());
+    let issued = ring.issue("iam-token", now).unwrap();
+    assert!(ring.check(&issued, "iam-token", now).is_ok());
+    let zero_padded = issued.replacen(".1800000300.", ".01800000300.", 1);
+    assert_ne!(zero_padded, issued);
+    assert!(ring.check(&zero_padded, "iam-token", now).is_err());
+}
