@@ -398,7 +398,10 @@ impl fmt::Display for KeyedChallenge {
 /// Key id and expiry only: the nonce and the MAC are as good as the challenge.
 impl fmt::Debug for KeyedChallenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedChallenge").field("key_id", &self.key_id).field("expiry", &self.expiry).finish_non_exhaustive()
+        f.debug_struct("KeyedChallenge")
+            .field("key_id", &self.key_id)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
     }
 }
 
@@ -490,7 +493,11 @@ mod tests {
         assert!(c.len() >= MIN_CHALLENGE_LEN && c.bytes().all(|b| b.is_ascii_graphic()));
         assert_eq!(old.check(&c, "t", now).unwrap().expires(), UNIX_EPOCH + Duration::from_secs(1_800_000_300));
         let (c2, expires) = old.issue_with_expiry("t", now + Duration::from_millis(1500)).unwrap();
-        assert_eq!(old.check(&c2, "t", now).unwrap().expires(), expires, "the expiry told is the one the challenge carries");
+        assert_eq!(
+            old.check(&c2, "t", now).unwrap().expires(),
+            expires,
+            "the expiry told is the one the challenge carries"
+        );
         assert_eq!(expires, UNIX_EPOCH + Duration::from_secs(1_800_000_301));
         // Rotation: the new active key issues; the old one is still accepted.
         let ring = ChallengeKeys::new(key("k2", 2)).accept(key("k1", 1)).unwrap();
@@ -569,7 +576,10 @@ mod tests {
             assert_ne!(spelled, &c, "{case}: not another spelling");
             let e = ring.check(spelled, "t", now).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::ChallengeMismatch, "{case}");
-            assert!(!e.detail().contains("MAC does not match"), "{case}: refused by the spelling check, not the MAC: {e}");
+            assert!(
+                !e.detail().contains("MAC does not match"),
+                "{case}: refused by the spelling check, not the MAC: {e}"
+            );
             // Whatever a lenient parser might accept, it is one claim with the issued spelling.
             if !case.starts_with("trailing") && !case.starts_with("version with") {
                 assert_eq!(claim_key(spelled), claim_key(&c), "{case}: another spelling would be another claim");

@@ -190,5 +190,4 @@ mod tests {
         assert!(g.claim_now("c", at(200), at(120)).unwrap());
         assert_eq!(g.len(), 1);
     }
-
 }

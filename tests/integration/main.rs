@@ -9,6 +9,8 @@ mod cli;
 mod endpoints;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod faults;
+#[cfg(feature = "cli")]
+mod join_client;
 mod layers;
 mod matching;
 #[cfg(all(feature = "agent", feature = "emulator"))]

@@ -129,7 +129,8 @@ async fn join(State(app): State<Arc<App>>, body: Bytes) -> Response {
     // The challenge must be one this service (or a replica with the same keys) issued for this
     // token, in its one spelling, and still valid; the request must have signed exactly it. The
     // library checks both, claims it, and logs the outcome in its span.
-    let result = app.verifier.verify_challenge(&req.token, Challenge::Keyed(&req.challenge), &raw, SystemTime::now()).await;
+    let result =
+        app.verifier.verify_challenge(&req.token, Challenge::Keyed(&req.challenge), &raw, SystemTime::now()).await;
     let outcome = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "allowed");
     app.metrics.join(outcome, started);
     match result {
