@@ -90,6 +90,8 @@ pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(5 * 60);
 /// The longest a keyed challenge may be valid: the request freshness window (`MAX_CLOCK_SKEW`,
 /// 15 minutes), past which the signed request would be refused anyway. A test keeps them equal.
 pub const MAX_CHALLENGE_TTL: Duration = Duration::from_secs(15 * 60);
+/// The largest challenge key file read: a key line is under 100 bytes, so this holds hundreds.
+pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 /// The longest key id: ids travel in every challenge.
 pub const MAX_KEY_ID_LEN: usize = 32;
 /// The random bytes in each keyed challenge.

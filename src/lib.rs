@@ -131,6 +131,7 @@ mod credentials;
 pub mod emulator;
 mod endpoint;
 mod error;
+mod files;
 mod identity;
 mod matcher;
 mod membership;
@@ -143,6 +144,7 @@ mod response;
 mod rule;
 mod sigv4;
 mod token;
+mod token_file;
 #[cfg(feature = "io")]
 mod transport;
 mod verifier;

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
+use sha2::Digest as _;
 
 use crate::error::{Error, ErrorKind, Problem, Severity};
 use crate::matcher::RuleMatcher;
@@ -191,6 +192,8 @@ pub struct TokenSet {
     /// Documents whose name could not be read at all.
     unnamed_failures: usize,
     diagnostics: Arc<Vec<Problem>>,
+    /// The SHA-256 of the text the set was loaded from.
+    digest: [u8; 32],
 }
 
 impl TokenSet {
@@ -254,6 +257,12 @@ impl TokenSet {
     /// ```
     pub fn load(src: &str) -> Self {
         Loader::default().run(src)
+    }
+
+    /// The SHA-256 of the text the set was loaded from: a server reloads a file only when its
+    /// contents change.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 
     /// The same set with `file` named in every diagnostic, so they print as
@@ -452,6 +461,7 @@ impl Loader {
             unusable: Arc::new(self.unusable),
             unnamed_failures: self.unnamed_failures,
             diagnostics: Arc::new(self.problems),
+            digest: sha2::Sha256::digest(src.as_bytes()).into(),
         }
     }
 

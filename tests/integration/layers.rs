@@ -23,7 +23,7 @@ const CORE: &[&str] = &[
     "credentials",
 ];
 /// The I/O edge and the features above it.
-const EDGE: &[&str] = &["transport", "organizations", "replay", "verifier", "emulator", "agent"];
+const EDGE: &[&str] = &["transport", "organizations", "replay", "verifier", "emulator", "agent", "files", "token_file"];
 /// What no core module may name.
 const CORE_FORBIDDEN: &[&str] =
     &["tokio", "reqwest", "hyper", "rustls", "SystemTime::now", "Instant::now", "std::net", "std::fs"];

@@ -28,5 +28,7 @@ mod replicas;
 mod requests;
 #[cfg(feature = "serve")]
 mod serve;
+#[cfg(feature = "serve")]
+mod serve_hostile;
 mod sts_responses;
 mod tokens;

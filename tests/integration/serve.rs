@@ -24,14 +24,14 @@ use crate::common::redis::{Redis, redis_available};
 use crate::pipeline::{TOKENS, USER_SECRET, principals, user};
 
 /// The challenge key every replica shares (a test key; real ones come from `iam-join challenge-key`).
-const KEY_LINE: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDE=";
+pub(crate) const KEY_LINE: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDE=";
 
-fn stranger() -> Credentials {
+pub(crate) fn stranger() -> Credentials {
     Credentials::new("AKIAOTHERACCOUNT0001", "other-secret", None)
 }
 
 /// A scratch folder for one test, under the target directory.
-fn scratch(test: &str) -> PathBuf {
+pub(crate) fn scratch(test: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -39,41 +39,41 @@ fn scratch(test: &str) -> PathBuf {
 }
 
 /// Replaces a file whole (write, then rename), as an operator's editor or a ConfigMap swap does.
-fn write_atomically(path: &Path, text: &str) {
+pub(crate) fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The tests' HTTP client, 20 s per exchange (rustls's provider is chosen once per process).
-fn client() -> reqwest::ClientBuilder {
+pub(crate) fn client() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().timeout(Duration::from_secs(20))
 }
 
 /// `serve`'s command line from `(flag, value)` pairs.
-fn flags(pairs: &[(&str, &str)]) -> Vec<String> {
+pub(crate) fn flags(pairs: &[(&str, &str)]) -> Vec<String> {
     pairs.iter().flat_map(|(flag, value)| [(*flag).to_owned(), (*value).to_owned()]).collect()
 }
 
 /// One `iam-join serve` process on a loopback port; killed when dropped.
-struct Replica {
-    name: &'static str,
-    child: Child,
-    port: u16,
+pub(crate) struct Replica {
+    pub(crate) name: &'static str,
+    pub(crate) child: Child,
+    pub(crate) port: u16,
     log: PathBuf,
 }
 
 impl Replica {
-    async fn start(http: &reqwest::Client, name: &'static str, dir: &Path, args: &[String]) -> Replica {
+    pub(crate) async fn start(http: &reqwest::Client, name: &'static str, dir: &Path, args: &[String]) -> Replica {
         Self::start_with_env(http, name, dir, args, &[]).await
     }
 
-    async fn start_with_env(
+    pub(crate) async fn start_with_env(
         http: &reqwest::Client,
         name: &'static str,
         dir: &Path,
@@ -107,27 +107,27 @@ impl Replica {
         replica
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success(), "kill -s {signal} {}", self.name);
     }
 
-    async fn metrics(&self, http: &reqwest::Client) -> String {
+    pub(crate) async fn metrics(&self, http: &reqwest::Client) -> String {
         let r = http.get(self.url("/metrics")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         r.text().await.unwrap()
     }
 
     /// Peak resident memory (VmHWM), in KiB.
-    fn peak_rss_kib(&self) -> u64 {
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM on Linux");
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
@@ -142,13 +142,13 @@ impl Drop for Replica {
 }
 
 /// A metric's value from a text exposition; 0 when the series is absent.
-fn metric(text: &str, series: &str) -> f64 {
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let r = http
         .post(url)
         .header("content-type", "application/json")
@@ -161,52 +161,57 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     (status, serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)})))
 }
 
-async fn challenge(http: &reqwest::Client, at: &Replica, token: &str) -> String {
+pub(crate) async fn challenge(http: &reqwest::Client, at: &Replica, token: &str) -> String {
     let (status, body) = post(http, &at.url("/v1/challenge"), &json!({"token": token})).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
     body["challenge"].as_str().unwrap().to_owned()
 }
 
-fn signed(creds: &Credentials, challenge: &str, at: SystemTime) -> String {
+pub(crate) fn signed(creds: &Credentials, challenge: &str, at: SystemTime) -> String {
     let raw = sign_join_request(creds, &JoinRequest::new(challenge), at).unwrap();
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
 /// The JSON body of one join.
-fn join_body(token: &str, challenge: &str, request: &str) -> Value {
+pub(crate) fn join_body(token: &str, challenge: &str, request: &str) -> Value {
     json!({"token": token, "challenge": challenge, "request": request})
 }
 
-async fn join(http: &reqwest::Client, at: &Replica, body: &Value) -> (u16, Value) {
+pub(crate) async fn join(http: &reqwest::Client, at: &Replica, body: &Value) -> (u16, Value) {
     post(http, &at.url("/v1/join"), body).await
 }
 
 /// A fresh join of `creds` for iam-token: challenge from `from`, submitted to `to`.
-async fn fresh_join(http: &reqwest::Client, from: &Replica, to: &Replica, creds: &Credentials) -> (u16, Value) {
+pub(crate) async fn fresh_join(
+    http: &reqwest::Client,
+    from: &Replica,
+    to: &Replica,
+    creds: &Credentials,
+) -> (u16, Value) {
     let c = challenge(http, from, "iam-token").await;
     join(http, to, &join_body("iam-token", &c, &signed(creds, &c, SystemTime::now()))).await
 }
 
 /// Asserts a refusal's status and kind, and that the answer tells nothing of the token's rules.
-fn assert_refused(case: &str, (status, body): &(u16, Value), want_status: u16, want_kind: &str) {
+pub(crate) fn assert_refused(case: &str, (status, body): &(u16, Value), want_status: u16, want_kind: &str) {
     assert_eq!(*status, want_status, "{case}: {body}");
     assert_eq!(body["allowed"], false, "{case}: {body}");
     assert_eq!(body["error"]["kind"], want_kind, "{case}: {body}");
     assert!(!body.to_string().contains("111111111111"), "{case}: the answer names the token's account: {body}");
 }
 
-fn assert_allowed(case: &str, (status, body): &(u16, Value), arn: &str) {
+pub(crate) fn assert_allowed(case: &str, (status, body): &(u16, Value), arn: &str) {
     assert_eq!(*status, 200, "{case}: {body}");
     assert_eq!(body["allowed"], true, "{case}: {body}");
     assert_eq!(body["identity"]["arn"], arn, "{case}: {body}");
 }
 
-const USER_ARN: &str = "arn:aws:iam::111111111111:user/ci-deployer";
-const STRANGER_ARN: &str = "arn:aws:iam::999999999999:user/stranger";
+pub(crate) const USER_ARN: &str = "arn:aws:iam::111111111111:user/ci-deployer";
+pub(crate) const STRANGER_ARN: &str = "arn:aws:iam::999999999999:user/stranger";
 
 /// iam-token, now also allowing the stranger's account.
-fn tokens_v2() -> String {
+pub(crate) fn tokens_v2() -> String {
     TOKENS.replacen(
         "  - aws_account: \"111111111111\"\n",
         "  - aws_account: \"111111111111\"\n  - aws_account: \"999999999999\"\n",

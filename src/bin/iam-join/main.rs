@@ -293,8 +293,7 @@ fn main() -> ExitCode {
 /// Loads a token file for `match` and `verify`: the named token must be valid; problems in the
 /// file's other tokens are printed to stderr and do not stop the command.
 pub(crate) fn load_tokens(path: &str, name: Option<&str>) -> Result<(TokenSet, String), Usage> {
-    let text = std::fs::read_to_string(path).map_err(|e| Usage(format!("{path}: {e}")))?;
-    let set = TokenSet::load(&text).with_file_name(path);
+    let set = TokenSet::load_file(path).map_err(|e| Usage(e.detail().to_owned()))?;
     let name = match name {
         Some(n) => n.to_owned(),
         None if set.len() == 1 && !set.has_errors() => {

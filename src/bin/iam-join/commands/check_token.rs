@@ -9,13 +9,13 @@ use crate::Usage;
 pub(crate) fn run(files: &[String], deny_warnings: bool) -> Result<ExitCode, Usage> {
     let (mut errors, mut warnings) = (false, false);
     for path in files {
-        match std::fs::read_to_string(path) {
+        match TokenSet::load_file(path) {
             Err(e) => {
-                println!("{path}:0:0: error: {e}");
+                let reason = e.detail().strip_prefix(&format!("{path}: ")).unwrap_or(e.detail());
+                println!("{path}:0:0: error: {reason}");
                 errors = true;
             }
-            Ok(text) => {
-                let set = TokenSet::load(&text).with_file_name(path);
+            Ok(set) => {
                 set.diagnostics().iter().for_each(|p| println!("{p}"));
                 errors |= set.has_errors();
                 warnings |= set.has_warnings();

@@ -6,7 +6,7 @@ mod api;
 mod metrics;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +15,7 @@ use clap::Args;
 use iam_join::agent::Credentials;
 use iam_join::challenge::{ChallengeKey, ChallengeKeys};
 use iam_join::organizations::OrganizationsClient;
-use iam_join::{
-    AwsTransport, MAX_TOKEN_FILE_BYTES, MemoryReplayGuard, RedisReplayGuard, ReplayGuard, TokenSet, Verifier,
-};
-use sha2::{Digest, Sha256};
+use iam_join::{AwsTransport, MemoryReplayGuard, RedisReplayGuard, ReplayGuard, TokenSet, Verifier};
 use tokio::signal::unix::{SignalKind, signal};
 use zeroize::Zeroizing;
 
@@ -84,10 +81,16 @@ fn init_logs() {
 async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::new());
-    let (tokens, digest) = match read_tokens(&a.tokens) {
-        Ok(Loaded { set, digest }) => (set, digest),
-        Err(problem) => return Err(Usage(problem)),
+    let tokens = {
+        let path = a.tokens.clone();
+        match tokio::time::timeout(READ_TIMEOUT, tokio::task::spawn_blocking(move || TokenSet::load_file(path))).await {
+            Ok(Ok(Ok(set))) => set,
+            Ok(Ok(Err(e))) => return Err(Usage(e.detail().to_owned())),
+            Ok(Err(e)) => return Err(Usage(format!("{}: {e}", a.tokens.display()))),
+            Err(_) => return Err(Usage(format!("{}: not read within {READ_TIMEOUT:?}", a.tokens.display()))),
+        }
     };
+    let digest = tokens.digest();
     log_diagnostics(&tokens);
     if tokens.is_empty() {
         tracing::warn!(file = %a.tokens.display(), "no usable iam token: every join will be refused until the file is fixed");
@@ -132,7 +135,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
     let router = api::router(app, timeout + Duration::from_secs(5));
 
     let handle = axum_server::Handle::<SocketAddr>::new();
-    tokio::spawn(watch_tokens(a.tokens.clone(), Some(digest), reload_interval(a.reload_interval)?, verifier, metrics));
+    tokio::spawn(watch_tokens(a.tokens.clone(), digest, reload_interval(a.reload_interval)?, verifier, metrics));
     tokio::spawn(shutdown_on_signal(handle.clone(), Duration::from_secs(a.shutdown_grace)));
     let listening = {
         let handle = handle.clone();
@@ -176,38 +179,21 @@ fn reload_interval(secs: f64) -> Result<Duration, Usage> {
 
 /// The key ring: the file, else IAM_JOIN_CHALLENGE_KEYS, else a random key for this process.
 fn challenge_keys(a: &ServeArgs) -> Result<ChallengeKeys, Usage> {
-    let text = match (&a.challenge_key, std::env::var("IAM_JOIN_CHALLENGE_KEYS")) {
-        (Some(path), _) => Some(Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| Usage(format!("--challenge-key {}: {e}", path.display())))?,
-        )),
-        (None, Ok(text)) => Some(Zeroizing::new(text)),
-        (None, Err(_)) => None,
-    };
-    let keys = match text {
-        Some(text) => ChallengeKeys::parse(&text).map_err(|e| Usage(e.detail().to_owned()))?,
-        None => {
+    let keys = match (&a.challenge_key, std::env::var("IAM_JOIN_CHALLENGE_KEYS")) {
+        (Some(path), _) => {
+            ChallengeKeys::load_file(path).map_err(|e| Usage(format!("--challenge-key: {}", e.detail())))?
+        }
+        (None, Ok(text)) => {
+            let text = Zeroizing::new(text);
+            ChallengeKeys::parse(&text).map_err(|e| Usage(e.detail().to_owned()))?
+        }
+        (None, Err(_)) => {
             tracing::warn!("no --challenge-key: a random key for this process; challenges work on this replica only");
             ChallengeKeys::new(ChallengeKey::generate("local").map_err(|e| Usage(e.detail().to_owned()))?)
         }
     };
     tracing::info!(active_key = keys.active_id(), "challenge keys loaded");
     keys.ttl(Duration::from_secs(a.challenge_ttl)).map_err(|e| Usage(format!("--challenge-ttl: {}", e.detail())))
-}
-
-struct Loaded {
-    set: TokenSet,
-    digest: [u8; 32],
-}
-
-/// Reads and loads the token file; an unreadable or oversized file is a message.
-fn read_tokens(path: &Path) -> Result<Loaded, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() > MAX_TOKEN_FILE_BYTES {
-        return Err(format!("{}: larger than {MAX_TOKEN_FILE_BYTES} bytes", path.display()));
-    }
-    let digest = Sha256::digest(&bytes).into();
-    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
-    Ok(Loaded { set: TokenSet::load(&text).with_file_name(&path.display().to_string()), digest })
 }
 
 /// Every diagnostic, one log line each, with its file, line and column.
@@ -228,59 +214,103 @@ fn log_diagnostics(set: &TokenSet) {
     }
 }
 
+/// The longest a token file read may take (at start and at each reload). A read that takes
+/// longer is a stalled file system: the reload counts as failed and the set in use stays.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reloads the token file on SIGHUP, and when its contents change. A reload that fails (the file
-/// unreadable, or any error in it) keeps the set in use whole, logs every problem and counts as
-/// failed: an edit in progress never disables tokens that work.
-async fn watch_tokens(
-    path: PathBuf,
-    mut seen: Option<[u8; 32]>,
-    every: Duration,
-    verifier: Verifier,
-    metrics: Arc<Metrics>,
-) {
+/// unreadable, not a regular file, too large, stalled, or any error in it) keeps the set in use
+/// whole, logs every problem and counts as failed: an edit in progress never disables tokens
+/// that work. The file is read on a blocking thread, bounded in time, so request handling never
+/// waits for it.
+async fn watch_tokens(path: PathBuf, seen: [u8; 32], every: Duration, verifier: Verifier, metrics: Arc<Metrics>) {
     let mut hup = signal(SignalKind::hangup())
         .inspect_err(|_| tracing::error!("cannot listen for SIGHUP; reloading on file changes only"))
         .ok();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reloader = Reloader {
+        path,
+        seen: Some(seen),
+        stalled: None,
+        read_timeout: READ_TIMEOUT,
+        load: |p| TokenSet::load_file(p),
+    };
     loop {
         let forced = tokio::select! {
             Some(_) = async { hup.as_mut()?.recv().await } => true,
             _ = tick.tick() => false,
         };
-        reload_once(&path, &mut seen, forced, &verifier, &metrics);
+        reloader.once(forced, &verifier, &metrics).await;
     }
 }
 
-/// `seen`: the digest of the file as last read, `None` after a failed read.
-fn reload_once(path: &Path, seen: &mut Option<[u8; 32]>, forced: bool, verifier: &Verifier, metrics: &Metrics) {
-    let loaded = match read_tokens(path) {
-        Ok(l) => l,
-        Err(problem) => {
-            // Reported once per state, not at every tick; a SIGHUP always reports.
-            if forced || seen.is_some() {
-                tracing::error!(problem, "token reload failed: keeping the tokens in use");
-                metrics.reload_failed();
-                *seen = None;
+/// The reload state between ticks.
+struct Reloader {
+    path: PathBuf,
+    /// The digest of the file as last read, `None` after a failed read.
+    seen: Option<[u8; 32]>,
+    /// A read that outlived its time bound and is still blocked: no second read starts beside it.
+    stalled: Option<tokio::task::JoinHandle<Result<TokenSet, iam_join::Error>>>,
+    read_timeout: Duration,
+    /// How the file is read: [`TokenSet::load_file`] (tests put a stalling reader here).
+    load: fn(PathBuf) -> Result<TokenSet, iam_join::Error>,
+}
+
+impl Reloader {
+    async fn once(&mut self, forced: bool, verifier: &Verifier, metrics: &Metrics) {
+        let mut read = match self.stalled.take() {
+            Some(handle) if !handle.is_finished() => {
+                self.stalled = Some(handle);
+                if forced {
+                    tracing::error!(file = %self.path.display(), "token reload failed: the last read of the file is still blocked; keeping the tokens in use");
+                    metrics.reload_failed();
+                }
+                return;
             }
+            // A stalled read that has finished since: start afresh.
+            _ => {
+                let (path, load) = (self.path.clone(), self.load);
+                tokio::task::spawn_blocking(move || load(path))
+            }
+        };
+        let set = match tokio::time::timeout(self.read_timeout, &mut read).await {
+            Ok(Ok(Ok(set))) => set,
+            Ok(Ok(Err(e))) => return self.failed(forced, e.detail(), metrics),
+            Ok(Err(e)) => return self.failed(forced, &e.to_string(), metrics),
+            Err(elapsed) => {
+                let problem = format!("{}: not read within {:?} ({elapsed})", self.path.display(), self.read_timeout);
+                self.failed(true, &problem, metrics);
+                // Keep the handle: the thread is blocked in the file system, not lost.
+                self.stalled = Some(read);
+                return;
+            }
+        };
+        if !forced && self.seen == Some(set.digest()) {
             return;
         }
-    };
-    if !forced && *seen == Some(loaded.digest) {
-        return;
+        self.seen = Some(set.digest());
+        log_diagnostics(&set);
+        if set.has_errors() {
+            let errors = set.diagnostics().iter().filter(|p| p.severity == iam_join::Severity::Error).count();
+            tracing::error!(errors, file = %self.path.display(), "token reload failed: keeping the tokens in use");
+            metrics.reload_failed();
+            return;
+        }
+        let count = set.len();
+        verifier.replace_tokens(set);
+        metrics.reloaded(count);
+        tracing::info!(tokens = count, file = %self.path.display(), "tokens reloaded");
     }
-    *seen = Some(loaded.digest);
-    log_diagnostics(&loaded.set);
-    if loaded.set.has_errors() {
-        let errors = loaded.set.diagnostics().iter().filter(|p| p.severity == iam_join::Severity::Error).count();
-        tracing::error!(errors, file = %path.display(), "token reload failed: keeping the tokens in use");
-        metrics.reload_failed();
-        return;
+
+    /// Reported once per state, not at every tick; a SIGHUP (or a stall) always reports.
+    fn failed(&mut self, report: bool, problem: &str, metrics: &Metrics) {
+        if report || self.seen.is_some() {
+            tracing::error!(problem, "token reload failed: keeping the tokens in use");
+            metrics.reload_failed();
+            self.seen = None;
+        }
     }
-    let count = loaded.set.len();
-    verifier.replace_tokens(loaded.set);
-    metrics.reloaded(count);
-    tracing::info!(tokens = count, file = %path.display(), "tokens reloaded");
 }
 
 /// SIGTERM or SIGINT: stop accepting, let in-flight joins finish within the grace period.
@@ -299,4 +329,56 @@ async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>, grace: Dura
         "shutting down: finishing in-flight joins"
     );
     handle.graceful_shutdown(Some(grace));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use iam_join::{RequestPolicy, TokenSet, Verifier};
+
+    use super::*;
+
+    static READS: AtomicUsize = AtomicUsize::new(0);
+
+    /// A file system that stalls: each read blocks for 600 ms.
+    fn stalling(_: PathBuf) -> Result<TokenSet, iam_join::Error> {
+        READS.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(600));
+        Ok(TokenSet::default())
+    }
+
+    fn failed_reloads(m: &Metrics) -> String {
+        m.render()
+            .lines()
+            .find(|l| l.starts_with("iam_join_token_reloads_total{result=\"failed\"}"))
+            .unwrap()
+            .to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_read_fails_the_reload_in_time_and_never_piles_up() {
+        let (verifier, metrics) = (Verifier::sans_io(TokenSet::default(), RequestPolicy::new()), Metrics::new());
+        let mut r = Reloader {
+            path: PathBuf::from("tokens.yaml"),
+            seen: Some([0; 32]),
+            stalled: None,
+            read_timeout: Duration::from_millis(100),
+            load: stalling,
+        };
+        let start = std::time::Instant::now();
+        r.once(false, &verifier, &metrics).await;
+        assert!(start.elapsed() < Duration::from_millis(400), "the reload waited for the stalled read");
+        assert!(failed_reloads(&metrics).ends_with(" 1"), "{}", failed_reloads(&metrics));
+        assert!(r.stalled.is_some() && r.seen.is_none());
+        // While that read is blocked, ticks start no other, and a SIGHUP reports the failure.
+        r.once(false, &verifier, &metrics).await;
+        r.once(true, &verifier, &metrics).await;
+        assert_eq!(READS.load(Ordering::SeqCst), 1, "a second read started beside the stalled one");
+        assert!(failed_reloads(&metrics).ends_with(" 2"));
+        // Once it has finished, the next tick reads again (and this one, too, stalls).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        r.once(false, &verifier, &metrics).await;
+        assert_eq!(READS.load(Ordering::SeqCst), 2);
+    }
 }

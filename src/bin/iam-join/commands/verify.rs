@@ -13,11 +13,14 @@ use crate::{Usage, VerifyArgs, load_tokens};
 
 pub(crate) fn run(a: &VerifyArgs) -> Result<ExitCode, Usage> {
     let (set, name) = load_tokens(&a.token.file, a.token.name.as_deref())?;
+    // A request is at most MAX_HEAD_BYTES of head and a tiny body: read no more than 4 times that.
+    let limit = 4 * iam_join::MAX_HEAD_BYTES as u64;
     let mut raw = Vec::new();
     if a.request == "-" {
-        std::io::stdin().read_to_end(&mut raw)?;
+        std::io::stdin().take(limit).read_to_end(&mut raw)?;
     } else {
-        raw = std::fs::read(&a.request).map_err(|e| Usage(format!("{}: {e}", a.request)))?;
+        let file = std::fs::File::open(&a.request).map_err(|e| Usage(format!("{}: {e}", a.request)))?;
+        file.take(limit).read_to_end(&mut raw).map_err(|e| Usage(format!("{}: {e}", a.request)))?;
     }
     let now = match &a.now {
         Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
