@@ -80,9 +80,29 @@ impl Replica {
         args: &[String],
         env: &[(&str, &str)],
     ) -> Replica {
+        Self::start_limited(http, name, dir, args, env, None).await
+    }
+
+    /// Like [`Replica::start_with_env`], with at most `open_files` file descriptors (`prlimit`).
+    pub(crate) async fn start_limited(
+        http: &reqwest::Client,
+        name: &'static str,
+        dir: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        open_files: Option<u32>,
+    ) -> Replica {
         let port = free_port();
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_iam-join"))
+        let mut command = match open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(env!("CARGO_BIN_EXE_iam-join"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_iam-join")),
+        };
+        let child = command
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)

@@ -3,6 +3,7 @@
 //! `IAM_JOIN_*` environment fallback.
 
 mod api;
+mod connections;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -58,6 +59,17 @@ pub(crate) struct ServeArgs {
     /// On SIGTERM, how long in-flight joins may take to finish, in seconds.
     #[arg(long, env = "IAM_JOIN_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
+    /// How long a client may take to send a whole request head, counted from the moment its
+    /// connection is ready for one (accepted, or its last answer sent), and then its body, in
+    /// seconds. It is also the keep-alive idle timeout: a connection that sends nothing for
+    /// this long is closed.
+    #[arg(long, env = "IAM_JOIN_HEADER_TIMEOUT", default_value_t = 10.0)]
+    header_timeout: f64,
+    /// The most client connections open at once (never more than half the process's open-file
+    /// limit). At the limit a new connection takes the place of the one idle the longest; when
+    /// every connection has a request being answered, it is refused (503).
+    #[arg(long, env = "IAM_JOIN_MAX_CONNECTIONS", default_value_t = connections::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 pub(crate) fn run(a: ServeArgs) -> Result<ExitCode, Usage> {
@@ -130,12 +142,36 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
         }
     };
     let verifier = verifier.replay_guard(Arc::new(MeteredGuard { inner: guard, metrics: Arc::clone(&metrics) }));
-    let app = Arc::new(App { verifier: verifier.clone(), keys, redis, metrics: Arc::clone(&metrics) });
-    // An answer never waits longer than a verification may take, plus reading and writing.
-    let router = api::router(app, timeout + Duration::from_secs(5));
+    let header_timeout = seconds("--header-timeout", a.header_timeout)?;
+    let app = Arc::new(App {
+        verifier: verifier.clone(),
+        keys,
+        redis,
+        metrics: Arc::clone(&metrics),
+        body_timeout: header_timeout,
+    });
+    // An answer never waits longer than reading the body and a verification may take, plus
+    // writing it.
+    let router = api::router(app, header_timeout + timeout + Duration::from_secs(5));
+    let max_connections = connections::connection_cap(a.max_connections);
+    if max_connections < a.max_connections {
+        tracing::warn!(
+            max_connections,
+            asked = a.max_connections,
+            "--max-connections lowered to half the open-file limit (ulimit -n)"
+        );
+    }
+    let tls_on = a.tls_cert.is_some();
+    let gate = connections::Gate::new(max_connections, tls_on, Arc::clone(&metrics));
 
     let handle = axum_server::Handle::<SocketAddr>::new();
-    tokio::spawn(watch_tokens(a.tokens.clone(), digest, reload_interval(a.reload_interval)?, verifier, metrics));
+    tokio::spawn(watch_tokens(
+        a.tokens.clone(),
+        digest,
+        seconds("--reload-interval", a.reload_interval)?,
+        verifier,
+        metrics,
+    ));
     tokio::spawn(shutdown_on_signal(handle.clone(), Duration::from_secs(a.shutdown_grace)));
     let listening = {
         let handle = handle.clone();
@@ -152,14 +188,15 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|e| Usage(format!("--tls-cert/--tls-key: {e}")))?;
-            axum_server::bind_rustls(a.listen, tls)
-                .handle(handle)
-                .first_request_timeout(FIRST_REQUEST_TIMEOUT)
-                .serve(service)
-                .await
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(gate);
+            let mut server = axum_server::bind(a.listen).acceptor(acceptor);
+            bounded(&mut server, header_timeout);
+            server.handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(service).await
         }
         _ => {
-            axum_server::bind(a.listen).handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(service).await
+            let mut server = axum_server::bind(a.listen).acceptor(gate);
+            bounded(&mut server, header_timeout);
+            server.handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(service).await
         }
     };
     served.map_err(|e| Usage(format!("{}: {e}", a.listen)))?;
@@ -167,14 +204,21 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A connection that has not sent a whole first request by then is closed (slow clients).
+/// A connection that has not sent a whole first request by then is closed (slow clients), TLS
+/// handshake included.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn reload_interval(secs: f64) -> Result<Duration, Usage> {
-    if !(0.05..=3600.0).contains(&secs) {
-        return Err(Usage("--reload-interval must be between 0.05 and 3600 seconds".into()));
+/// HTTP/1.1 only, and hyper's head deadline on every request, not only the first: it starts when
+/// the connection is ready for a request, so it also closes kept-alive connections left idle.
+fn bounded<A: axum_server::Address, Acc>(server: &mut axum_server::Server<A, Acc>, header_timeout: Duration) {
+    server.http_builder().http1().header_read_timeout(Some(header_timeout)).keep_alive(true);
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration, Usage> {
+    if !(0.05..=3600.0).contains(&value) {
+        return Err(Usage(format!("{flag} must be between 0.05 and 3600 seconds")));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(Duration::from_secs_f64(value))
 }
 
 /// The key ring: the file, else IAM_JOIN_CHALLENGE_KEYS, else a random key for this process.

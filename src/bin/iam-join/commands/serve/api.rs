@@ -2,12 +2,13 @@
 //! decision is the library's.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -21,8 +22,8 @@ use super::metrics::Metrics;
 /// The largest API body read: a signed request is at most 16 KiB of head plus a tiny body, 4/3
 /// larger as base64, plus the token name and the challenge.
 pub(crate) const MAX_API_BODY_BYTES: usize = 64 * 1024;
-/// The longest token name the API accepts. Teleport's names are far shorter.
-pub(crate) const MAX_TOKEN_NAME_LEN: usize = 256;
+/// The longest token name the API accepts, in bytes (UTF-8). Teleport's names are far shorter.
+pub(crate) const MAX_TOKEN_NAME_BYTES: usize = 256;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -31,18 +32,66 @@ pub(crate) struct App {
     pub(crate) keys: ChallengeKeys,
     pub(crate) redis: Option<RedisReplayGuard>,
     pub(crate) metrics: Arc<Metrics>,
+    /// How long a client may take to send a body it declared (the head's deadline is hyper's).
+    pub(crate) body_timeout: Duration,
 }
 
-pub(crate) fn router(app: Arc<App>, request_timeout: std::time::Duration) -> Router {
+/// The routes, with every answer bounded by `answer_timeout` (408 past it) and every error
+/// status answered in the refusal shape.
+pub(crate) fn router(app: Arc<App>, answer_timeout: Duration) -> Router {
     Router::new()
         .route("/v1/challenge", post(challenge))
         .route("/v1/join", post(join))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .fallback(|| async { refusal(StatusCode::NOT_FOUND, "", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            refusal(StatusCode::METHOD_NOT_ALLOWED, "", "this endpoint does not take that method")
+        })
+        .layer(middleware::from_fn(move |request: Request, next: Next| async move {
+            match tokio::time::timeout(answer_timeout, next.run(request)).await {
+                Ok(answer) => answer,
+                Err(_) => refusal(StatusCode::REQUEST_TIMEOUT, "", "the request was not answered in time"),
+            }
+        }))
         .with_state(app)
+}
+
+/// An error answer in the refusal shape: `{"allowed": false, "token", "error": {"kind",
+/// "message", "retryable"}, "identity": null}`, kind `malformed_request` (input that is not a
+/// join: bad JSON, too large, too slow, no such route or method).
+fn refusal(status: StatusCode, token: &str, message: &str) -> Response {
+    let body = json!({
+        "allowed": false,
+        "token": token,
+        "error": {"kind": ErrorKind::MalformedRequest, "message": message, "retryable": false},
+        "identity": null,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// A refusal of the API's input before the library sees it: always `malformed_request`, 400.
+fn bad_input(token: &str, message: &str) -> Response {
+    refusal(StatusCode::BAD_REQUEST, token, message)
+}
+
+/// The body, read whole within the limits: a declared `Content-Length` over the limit is 413 at
+/// once, without reading; a body that grows past it is 413; one that does not arrive within
+/// `timeout` is 408.
+async fn read_body(request: Request, timeout: Duration) -> Result<Bytes, Response> {
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = || refusal(StatusCode::PAYLOAD_TOO_LARGE, "", "the body is larger than 64 KiB");
+    if declared.is_some_and(|n| n > MAX_API_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_API_BODY_BYTES);
+    match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(bad_input("", "the body could not be read")),
+        Err(_) => Err(refusal(StatusCode::REQUEST_TIMEOUT, "", "the body did not arrive in time")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -60,30 +109,24 @@ struct JoinBody {
     request: String,
 }
 
-/// A refusal of the API's input before the library sees it: always `malformed_request`, 400.
-fn bad_input(token: &str, message: &str) -> Response {
-    let body = json!({
-        "allowed": false,
-        "token": token,
-        "error": {"kind": ErrorKind::MalformedRequest, "message": message, "retryable": false},
-    });
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
-}
-
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| format!("the body is not the expected JSON: {e}"))
 }
 
 fn check_token_name(token: &str) -> Result<(), &'static str> {
-    if token.is_empty() || token.len() > MAX_TOKEN_NAME_LEN || token.chars().any(char::is_control) {
-        return Err("token must be a name of 1 to 256 characters");
+    if token.is_empty() || token.len() > MAX_TOKEN_NAME_BYTES || token.chars().any(char::is_control) {
+        return Err("token must be a name of 1 to 256 bytes (UTF-8) without control characters");
     }
     Ok(())
 }
 
 /// `POST /v1/challenge {token}` → `{challenge, expires_at}`. Issued for any well-formed name, so
 /// the endpoint does not tell which tokens exist; the join checks the token.
-async fn challenge(State(app): State<Arc<App>>, body: Bytes) -> Response {
+async fn challenge(State(app): State<Arc<App>>, request: Request) -> Response {
+    let body = match read_body(request, app.body_timeout).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
     let req: ChallengeBody = match parse(&body) {
         Ok(r) => r,
         Err(m) => return bad_input("", &m),
@@ -101,7 +144,13 @@ async fn challenge(State(app): State<Arc<App>>, body: Bytes) -> Response {
         }
         Err(e) => {
             tracing::error!(error = %e, "could not issue a challenge");
-            (StatusCode::INTERNAL_SERVER_ERROR, "could not issue a challenge\n").into_response()
+            let body = json!({
+                "allowed": false,
+                "token": req.token,
+                "error": {"kind": ErrorKind::ConfigInvalid, "message": "the join service cannot issue challenges; see its logs", "retryable": false},
+                "identity": null,
+            });
+            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
         }
     }
 }
@@ -117,8 +166,15 @@ fn read_join(body: &[u8]) -> Result<(JoinBody, Vec<u8>), (String, String)> {
 }
 
 /// `POST /v1/join {token, challenge, request}`: the verdict, as `iam-join verify` prints it.
-async fn join(State(app): State<Arc<App>>, body: Bytes) -> Response {
+async fn join(State(app): State<Arc<App>>, request: Request) -> Response {
     let started = Instant::now();
+    let body = match read_body(request, app.body_timeout).await {
+        Ok(body) => body,
+        Err(answer) => {
+            app.metrics.join(ErrorKind::MalformedRequest.as_str(), started);
+            return answer;
+        }
+    };
     let (req, raw) = match read_join(&body) {
         Ok(read) => read,
         Err((token, message)) => {

@@ -39,6 +39,9 @@ pub(crate) struct Metrics {
     org_cache_misses: Counter,
     reloads: Family<Result_, Counter>,
     tokens: Gauge,
+    connections: Gauge,
+    connections_reclaimed: Counter,
+    connections_refused: Counter,
     /// The Organizations client whose cache counts are read at each scrape.
     organizations: Mutex<Option<Arc<OrganizationsClient>>>,
 }
@@ -59,6 +62,9 @@ impl Metrics {
             org_cache_misses: Counter::default(),
             reloads: Family::default(),
             tokens: Gauge::default(),
+            connections: Gauge::default(),
+            connections_reclaimed: Counter::default(),
+            connections_refused: Counter::default(),
             organizations: Mutex::new(None),
             registry: Registry::default(),
         };
@@ -96,6 +102,17 @@ impl Metrics {
             m.reloads.clone(),
         );
         registry.register("tokens", "iam tokens loaded and in use", m.tokens.clone());
+        registry.register("connections", "Client connections open", m.connections.clone());
+        registry.register(
+            "connections_reclaimed",
+            "Idle connections closed at the connection limit to make room for a new one",
+            m.connections_reclaimed.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at the connection limit (every open one had a request in the handler)",
+            m.connections_refused.clone(),
+        );
         // Every series with a fixed label set is shown from the start, at 0, so that alerts on
         // a rate (failed reloads, conflicts) have a series before the first event.
         for (family, labels) in [
@@ -132,6 +149,18 @@ impl Metrics {
     /// A reload that failed: the set in use stays, and so does its count.
     pub(crate) fn reload_failed(&self) {
         self.reloads.get_or_create(&Result_ { result: "failed" }).inc();
+    }
+
+    pub(crate) fn set_connections(&self, open: usize) {
+        self.connections.set(open as i64);
+    }
+
+    pub(crate) fn connection_reclaimed(&self) {
+        self.connections_reclaimed.inc();
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     pub(crate) fn set_tokens(&self, tokens: usize) {
