@@ -89,9 +89,12 @@ impl ReplayGuard for MemoryReplayGuard {
 }
 
 /// Single use across every replica that shares one Redis: each claim is
-/// `SET iam-join:c:<sha256> 1 NX PX <ms until the claim ends>`, so Redis itself expires claims.
-/// The connection is made lazily and remade after Redis restarts (the `redis` crate's connection
-/// manager); while Redis cannot answer, joins fail closed as `replay_store_unavailable`.
+/// `SET iam-join:c:<sha256> <value> NX PX <ms until the claim ends>`, so Redis itself expires
+/// claims. The value is random per claim, so a claim retried after its reply was lost is
+/// recognised (`GET` finds its own value) as the same claim, not a replay. The connection is made
+/// lazily and remade after Redis restarts (the `redis` crate's connection manager); a claim that
+/// fails on a dead connection is retried once on the new one; while Redis cannot answer, joins
+/// fail closed as `replay_store_unavailable`.
 #[cfg(feature = "redis")]
 #[derive(Clone)]
 pub struct RedisReplayGuard {
@@ -148,22 +151,67 @@ fn redis_kind(e: &redis::RedisError) -> String {
 }
 
 #[cfg(feature = "redis")]
+impl RedisReplayGuard {
+    /// One claim, with the value only this claim holds. A retry after a reply that never came
+    /// back finds that value under the key: the first attempt did claim it, so this is the same
+    /// claim, not a replay.
+    async fn claim_once(&self, key: &str, value: &str, ttl_ms: u64, retry: bool) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(value).arg("NX").arg("PX").arg(ttl_ms);
+        if set.query_async::<Option<String>>(&mut conn).await?.is_some() {
+            return Ok(true);
+        }
+        if !retry {
+            return Ok(false);
+        }
+        let held: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+        Ok(held.as_deref() == Some(value))
+    }
+
+    /// The claim, retried once on a fresh connection when the first attempt failed on the
+    /// connection (a replica idle while Redis restarted finds its connection dead only on use).
+    /// Each attempt waits at most [`RedisReplayGuard::DEFAULT_TIMEOUT`].
+    async fn claim_idempotent(&self, key: &str, ttl_ms: u64) -> Result<bool, Error> {
+        let value = claim_value()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = tokio::time::timeout(self.timeout, self.claim_once(key, &value, ttl_ms, attempt > 1)).await;
+            let retryable = match &result {
+                Ok(Ok(claimed)) => return Ok(*claimed),
+                // Server errors (OOM, a wrong password, read-only) fail closed at once.
+                Ok(Err(e)) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+                Err(_) => true,
+            };
+            if attempt == 1 && retryable {
+                continue;
+            }
+            return Err(match result {
+                Ok(Err(e)) => store_unavailable(format!("the replay store (Redis) failed: {}", redis_kind(&e))),
+                _ => store_unavailable(format!(
+                    "the replay store (Redis) did not answer within {} ms",
+                    self.timeout.as_millis()
+                )),
+            });
+        }
+    }
+}
+
+/// A value no other claim holds: 16 random bytes, hex.
+#[cfg(feature = "redis")]
+fn claim_value() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| store_unavailable(format!("no random source: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(feature = "redis")]
 impl ReplayGuard for RedisReplayGuard {
     fn claim<'a>(&'a self, key: &'a str, until: SystemTime, now: SystemTime) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
             let ttl_ms = until.duration_since(now).map_or(1, |d| d.as_millis().max(1));
-            let mut conn = self.conn.clone();
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ttl_ms as u64);
-            let set = cmd.query_async::<Option<String>>(&mut conn);
-            match tokio::time::timeout(self.timeout, set).await {
-                Ok(Ok(reply)) => Ok(reply.is_some()),
-                Ok(Err(e)) => Err(store_unavailable(format!("the replay store (Redis) failed: {}", redis_kind(&e)))),
-                Err(_) => Err(store_unavailable(format!(
-                    "the replay store (Redis) did not answer within {} ms",
-                    self.timeout.as_millis()
-                ))),
-            }
+            self.claim_idempotent(key, u64::try_from(ttl_ms).unwrap_or(u64::MAX)).await
         })
     }
 }

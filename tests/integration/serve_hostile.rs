@@ -276,3 +276,57 @@ async fn bodies_are_bounded_and_every_error_status_answers_json() {
     let (answer, _) = on_new(post("/v1/challenge", &format!("Content-Length: {}\r\n", body.len()), body)).await;
     assert_eq!(answer.0, 200);
 }
+
+/// Issue 18: replicas that sat idle while Redis restarted allow their first join after it; and
+/// a claim in Redis lasts as long as the challenge (300 s here), not the request's 15 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_idle_during_a_redis_restart_join_at_once_and_claims_end_with_the_challenge() {
+    use crate::common::redis::{Redis, redis_available};
+    if !redis_available("serve_hostile::redis_restart") {
+        return;
+    }
+    let http = client().build().unwrap();
+    let dir = scratch("hostile-redis");
+    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
+    std::fs::write(&tokens, TOKENS).unwrap();
+    std::fs::write(&keys, format!("{}\n", crate::serve::KEY_LINE)).unwrap();
+    let redis = Redis::start(None);
+    let port = redis.port;
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--challenge-key", &keys.display().to_string()),
+        ("--redis", &redis.url()),
+        ("--sts-endpoint", &sts.url()),
+        ("--challenge-ttl", "300"),
+    ]);
+    let a = Replica::start(&http, "a", &dir, &args).await;
+    let b = Replica::start(&http, "b", &dir, &args).await;
+    for r in [&a, &b] {
+        assert_allowed(
+            "before the restart",
+            &fresh_join(&http, r, r, &crate::pipeline::user()).await,
+            crate::serve::USER_ARN,
+        );
+    }
+    // Every claim expires with its challenge: PTTL at most 300 s (it was signing + 900 s).
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let claims: Vec<String> = redis::cmd("KEYS").arg("iam-join:c:*").query_async(&mut conn).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    for key in &claims {
+        let pttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
+        assert!((1..=300_000).contains(&pttl), "{key} lasts {pttl} ms");
+    }
+    drop(conn);
+    // Redis restarts while both replicas are idle.
+    drop(redis);
+    let _redis = Redis::start(Some(port));
+    for r in [&b, &a] {
+        assert_allowed(
+            &format!("first join at {} after the restart", r.name),
+            &fresh_join(&http, r, r, &crate::pipeline::user()).await,
+            crate::serve::USER_ARN,
+        );
+    }
+}
