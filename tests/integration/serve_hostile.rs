@@ -330,3 +330,49 @@ async fn replicas_idle_during_a_redis_restart_join_at_once_and_claims_end_with_t
         );
     }
 }
+
+/// Issue 18: one issued keyed challenge admits exactly one join across replicas, however the
+/// agent respells it and re-signs (it admitted three: the expiry with one and two leading zeros).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_issued_challenge_is_one_join_across_replicas_whatever_its_spelling() {
+    use crate::common::redis::{Redis, redis_available};
+    use crate::serve::{assert_refused, join, join_body, signed};
+    if !redis_available("serve_hostile::one_challenge_one_join") {
+        return;
+    }
+    let http = client().build().unwrap();
+    let dir = scratch("hostile-spellings");
+    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
+    std::fs::write(&tokens, TOKENS).unwrap();
+    std::fs::write(&keys, format!("{}\n", crate::serve::KEY_LINE)).unwrap();
+    let redis = Redis::start(None);
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--challenge-key", &keys.display().to_string()),
+        ("--redis", &redis.url()),
+        ("--sts-endpoint", &sts.url()),
+    ]);
+    let a = Replica::start(&http, "a", &dir, &args).await;
+    let b = Replica::start(&http, "b", &dir, &args).await;
+    let c = Replica::start(&http, "c", &dir, &args).await;
+    let issued = crate::serve::challenge(&http, &a, "iam-token").await;
+    let fields: Vec<&str> = issued.split('.').collect();
+    let respelled = |zeros: &str| format!("v1.{}.{zeros}{}.{}.{}", fields[1], fields[2], fields[3], fields[4]);
+    let user = crate::pipeline::user();
+    let now = std::time::SystemTime::now();
+    assert_allowed(
+        "the issued spelling at A",
+        &join(&http, &a, &join_body("iam-token", &issued, &signed(&user, &issued, now))).await,
+        crate::serve::USER_ARN,
+    );
+    for (at, spelled) in [(&b, respelled("0")), (&c, respelled("00")), (&a, respelled("000"))] {
+        let answer = join(&http, at, &join_body("iam-token", &spelled, &signed(&user, &spelled, now))).await;
+        assert_refused(&format!("{spelled} at {}", at.name), &answer, 403, "challenge_mismatch");
+    }
+    for at in [&b, &c] {
+        let answer = join(&http, at, &join_body("iam-token", &issued, &signed(&user, &issued, now))).await;
+        assert_refused(&format!("re-signed at {}", at.name), &answer, 403, "challenge_replayed");
+    }
+    assert_eq!(sts.requests(), 1, "one join reached STS");
+}
