@@ -1,9 +1,13 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(all(feature = "agent", feature = "emulator"))]
+pub(crate) mod fixtures;
 pub(crate) mod loopback;
 pub(crate) mod redis;
 pub(crate) mod reference;
+#[cfg(feature = "serve")]
+pub(crate) mod service;
 
 use std::path::PathBuf;
 

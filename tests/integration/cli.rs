@@ -10,8 +10,8 @@ use iam_join::emulator::StsEmulator;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+use crate::common::fixtures::{TOKENS, principals, role, user};
 use crate::common::vectors;
-use crate::pipeline::{TOKENS, principals, role, user};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_iam-join"))
@@ -348,7 +348,7 @@ async fn verify_json_contract_for_every_kind() {
     let (_, v) = verify(&late, user_req()).await;
     refused(&v, "request_expired");
 
-    let wrong = iam_join::agent::Credentials::new(crate::pipeline::USER_KEY, "wrong", None);
+    let wrong = iam_join::agent::Credentials::new(crate::common::fixtures::USER_KEY, "wrong", None);
     let (_, v) = verify(&args(&t, "iam-token", &c, &sts.url()), signed(&wrong, JoinRequest::new(&c))).await;
     refused(&v, "signature_rejected");
 
@@ -395,9 +395,9 @@ async fn sign_output_is_accepted_by_verify() {
     let signed = tokio::task::spawn_blocking(move || {
         bin()
             .args(["sign", "--challenge", &c2, "--region", "eu-west-1", "--accept-json"])
-            .env("AWS_ACCESS_KEY_ID", crate::pipeline::ROLE_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", crate::pipeline::ROLE_SECRET)
-            .env("AWS_SESSION_TOKEN", crate::pipeline::ROLE_TOKEN)
+            .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::ROLE_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::ROLE_SECRET)
+            .env("AWS_SESSION_TOKEN", crate::common::fixtures::ROLE_TOKEN)
             .output()
             .unwrap()
     })

@@ -13,8 +13,8 @@ use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, Tok
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::common::fixtures::{TOKENS, user};
 use crate::common::loopback::Loopback;
-use crate::pipeline::{TOKENS, user};
 
 const OK_XML: &str = "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><GetCallerIdentityResult><Arn>arn:aws:iam::111111111111:user/ci-deployer</Arn><UserId>AIDAEXAMPLEUSERID0001</UserId><Account>111111111111</Account></GetCallerIdentityResult></GetCallerIdentityResponse>";
 

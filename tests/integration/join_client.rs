@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+use crate::common::fixtures::{USER_KEY, USER_SECRET};
 use crate::common::loopback::{Loopback, reply};
-use crate::pipeline::{USER_KEY, USER_SECRET};
 
 const CHALLENGE: &str = "v1.k1.1800000300.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 

@@ -21,8 +21,6 @@ mod organizations;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod pipeline;
 mod properties;
-#[cfg(all(feature = "agent", feature = "emulator", feature = "redis"))]
-mod redis_guard;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod replicas;
 mod requests;

@@ -15,7 +15,7 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::pipeline::{TOKENS, user};
+use crate::common::fixtures::{TOKENS, user};
 
 #[derive(Default)]
 struct Fields(BTreeMap<String, String>);

@@ -5,73 +5,10 @@
 use std::time::{Duration, SystemTime};
 
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
-use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
+use iam_join::emulator::StsEmulator;
 use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
 
-pub(crate) const USER_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
-pub(crate) const USER_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
-pub(crate) const ROLE_KEY: &str = "ASIAIOSFODNN7EXAMPLE";
-pub(crate) const ROLE_SECRET: &str = "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY";
-pub(crate) const ROLE_TOKEN: &str = "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN//////////wEaCXVzLWVhc3QtMSJHMEUCIQD";
-
-pub(crate) fn principals() -> Vec<EmulatedPrincipal> {
-    vec![
-        EmulatedPrincipal {
-            access_key_id: USER_KEY.into(),
-            secret_access_key: USER_SECRET.into(),
-            session_token: None,
-            arn: "arn:aws:iam::111111111111:user/ci-deployer".into(),
-            user_id: "AIDAEXAMPLEUSERID0001".into(),
-        },
-        EmulatedPrincipal {
-            access_key_id: ROLE_KEY.into(),
-            secret_access_key: ROLE_SECRET.into(),
-            session_token: Some(ROLE_TOKEN.into()),
-            arn: "arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-0123456789abcdef0".into(),
-            user_id: "AROAEXAMPLEROLEID0001:i-0123456789abcdef0".into(),
-        },
-        EmulatedPrincipal {
-            access_key_id: "AKIAOTHERACCOUNT0001".into(),
-            secret_access_key: "other-secret".into(),
-            session_token: None,
-            arn: "arn:aws:iam::999999999999:user/stranger".into(),
-            user_id: "AIDAEXAMPLEUSERID0009".into(),
-        },
-    ]
-}
-
-pub(crate) const TOKENS: &str = r#"
-kind: token
-version: v2
-metadata:
-  name: iam-token
-spec:
-  roles: [Kube, App, Discovery]
-  join_method: iam
-  allow:
-  - aws_account: "111111111111"
-  - aws_account: "333333333333"
-    aws_arn: "arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-*"
----
-kind: token
-version: v2
-metadata:
-  name: expired-token
-  expires: "2020-01-01T00:00:00Z"
-spec:
-  roles: [Node]
-  join_method: iam
-  allow:
-  - aws_account: "111111111111"
-"#;
-
-pub(crate) fn user() -> Credentials {
-    Credentials::new(USER_KEY, USER_SECRET, None)
-}
-
-pub(crate) fn role() -> Credentials {
-    Credentials::new(ROLE_KEY, ROLE_SECRET, Some(ROLE_TOKEN.into()))
-}
+use crate::common::fixtures::*;
 
 pub(crate) async fn setup() -> (StsEmulator, Verifier) {
     let sts = StsEmulator::start(principals()).await.unwrap();

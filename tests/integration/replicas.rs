@@ -14,7 +14,7 @@ use iam_join::{
     TokenSet, Verifier,
 };
 
-use crate::pipeline::{TOKENS, principals, user};
+use crate::common::fixtures::{TOKENS, principals, user};
 
 fn keys() -> ChallengeKeys {
     ChallengeKeys::new(ChallengeKey::new("k1", vec![42; 32]).unwrap())

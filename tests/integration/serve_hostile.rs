@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use iam_join::emulator::StsEmulator;
 
-use crate::pipeline::{TOKENS, principals};
-use crate::serve::{
-    Replica, STRANGER_ARN, assert_allowed, client, flags, fresh_join, metric, scratch, stranger, tokens_v2,
+use crate::common::fixtures::{TOKENS, principals};
+use crate::common::service::{
+    Replica, STRANGER_ARN, assert_allowed, challenge, client, flags, fresh_join, metric, scratch, stranger, tokens_v2,
     write_atomically,
 };
 
@@ -266,7 +266,7 @@ async fn bodies_are_bounded_and_every_error_status_answers_json() {
     assert_refusal_json("GET /v2/join", &answer, 404);
     // Garbage request bytes with a valid challenge: the same answer whether the token exists.
     for token in ["iam-token", "no-such-token"] {
-        let c = crate::serve::challenge(&http, &r, token).await;
+        let c = challenge(&http, &r, token).await;
         let body = serde_json::json!({"token": token, "challenge": c, "request": "aGVsbG8="}).to_string();
         let (answer, _) = on_new(post("/v1/join", &format!("Content-Length: {}\r\n", body.len()), &body)).await;
         assert_refusal_json(&format!("garbage request for {token}"), &answer, 400);
@@ -275,104 +275,4 @@ async fn bodies_are_bounded_and_every_error_status_answers_json() {
     let body = r#"{"token":"iam-token"}"#;
     let (answer, _) = on_new(post("/v1/challenge", &format!("Content-Length: {}\r\n", body.len()), body)).await;
     assert_eq!(answer.0, 200);
-}
-
-/// Issue 18: replicas that sat idle while Redis restarted allow their first join after it; and
-/// a claim in Redis lasts as long as the challenge (300 s here), not the request's 15 minutes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_idle_during_a_redis_restart_join_at_once_and_claims_end_with_the_challenge() {
-    use crate::common::redis::{Redis, redis_available};
-    if !redis_available("serve_hostile::redis_restart") {
-        return;
-    }
-    let http = client().build().unwrap();
-    let dir = scratch("hostile-redis");
-    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
-    std::fs::write(&tokens, TOKENS).unwrap();
-    std::fs::write(&keys, format!("{}\n", crate::serve::KEY_LINE)).unwrap();
-    let redis = Redis::start(None);
-    let port = redis.port;
-    let sts = StsEmulator::start(principals()).await.unwrap();
-    let args = flags(&[
-        ("--tokens", &tokens.display().to_string()),
-        ("--challenge-key", &keys.display().to_string()),
-        ("--redis", &redis.url()),
-        ("--sts-endpoint", &sts.url()),
-        ("--challenge-ttl", "300"),
-    ]);
-    let a = Replica::start(&http, "a", &dir, &args).await;
-    let b = Replica::start(&http, "b", &dir, &args).await;
-    for r in [&a, &b] {
-        assert_allowed(
-            "before the restart",
-            &fresh_join(&http, r, r, &crate::pipeline::user()).await,
-            crate::serve::USER_ARN,
-        );
-    }
-    // Every claim expires with its challenge: PTTL at most 300 s (it was signing + 900 s).
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let claims: Vec<String> = redis::cmd("KEYS").arg("iam-join:c:*").query_async(&mut conn).await.unwrap();
-    assert_eq!(claims.len(), 2);
-    for key in &claims {
-        let pttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
-        assert!((1..=300_000).contains(&pttl), "{key} lasts {pttl} ms");
-    }
-    drop(conn);
-    // Redis restarts while both replicas are idle.
-    drop(redis);
-    let _redis = Redis::start(Some(port));
-    for r in [&b, &a] {
-        assert_allowed(
-            &format!("first join at {} after the restart", r.name),
-            &fresh_join(&http, r, r, &crate::pipeline::user()).await,
-            crate::serve::USER_ARN,
-        );
-    }
-}
-
-/// Issue 18: one issued keyed challenge admits exactly one join across replicas, however the
-/// agent respells it and re-signs (it admitted three: the expiry with one and two leading zeros).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_issued_challenge_is_one_join_across_replicas_whatever_its_spelling() {
-    use crate::common::redis::{Redis, redis_available};
-    use crate::serve::{assert_refused, join, join_body, signed};
-    if !redis_available("serve_hostile::one_challenge_one_join") {
-        return;
-    }
-    let http = client().build().unwrap();
-    let dir = scratch("hostile-spellings");
-    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
-    std::fs::write(&tokens, TOKENS).unwrap();
-    std::fs::write(&keys, format!("{}\n", crate::serve::KEY_LINE)).unwrap();
-    let redis = Redis::start(None);
-    let sts = StsEmulator::start(principals()).await.unwrap();
-    let args = flags(&[
-        ("--tokens", &tokens.display().to_string()),
-        ("--challenge-key", &keys.display().to_string()),
-        ("--redis", &redis.url()),
-        ("--sts-endpoint", &sts.url()),
-    ]);
-    let a = Replica::start(&http, "a", &dir, &args).await;
-    let b = Replica::start(&http, "b", &dir, &args).await;
-    let c = Replica::start(&http, "c", &dir, &args).await;
-    let issued = crate::serve::challenge(&http, &a, "iam-token").await;
-    let fields: Vec<&str> = issued.split('.').collect();
-    let respelled = |zeros: &str| format!("v1.{}.{zeros}{}.{}.{}", fields[1], fields[2], fields[3], fields[4]);
-    let user = crate::pipeline::user();
-    let now = std::time::SystemTime::now();
-    assert_allowed(
-        "the issued spelling at A",
-        &join(&http, &a, &join_body("iam-token", &issued, &signed(&user, &issued, now))).await,
-        crate::serve::USER_ARN,
-    );
-    for (at, spelled) in [(&b, respelled("0")), (&c, respelled("00")), (&a, respelled("000"))] {
-        let answer = join(&http, at, &join_body("iam-token", &spelled, &signed(&user, &spelled, now))).await;
-        assert_refused(&format!("{spelled} at {}", at.name), &answer, 403, "challenge_mismatch");
-    }
-    for at in [&b, &c] {
-        let answer = join(&http, at, &join_body("iam-token", &issued, &signed(&user, &issued, now))).await;
-        assert_refused(&format!("re-signed at {}", at.name), &answer, 403, "challenge_replayed");
-    }
-    assert_eq!(sts.requests(), 1, "one join reached STS");
 }
