@@ -1,15 +1,22 @@
 //! An STS emulator on a loopback port (feature `emulator`), for tests, demos and trying the crate
-//! without an AWS account. It answers `GetCallerIdentity` for a fixed set of principals and really
+//! without an AWS account. It answers `GetCallerIdentity` for a set of principals and really
 //! checks SigV4 signatures, with its own implementation (independent of `aws-sigv4`): a wrong
-//! secret, a changed signed header or an unknown key is refused as STS would refuse it.
+//! secret, a changed signed header or an unknown key is refused as STS would refuse it. It also
+//! plays an EKS cluster's IRSA: `AssumeRoleWithWebIdentity` for the roles it is given, with the
+//! one web identity token each accepts, hands out temporary credentials (`ASIA…` with a session
+//! token, for an hour) whose `GetCallerIdentity` is the role's session,
+//! `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`. So the AWS SDKs' web identity provider
+//! (aws-config's, botocore's), pointed at it with `AWS_ENDPOINT_URL_STS`, works against it.
 //!
-//! Plain HTTP on 127.0.0.1 only; point a transport at it with
+//! Plain HTTP on a loopback address only; point a transport at it with
 //! [`crate::EndpointOverride::Url`]. It is not STS and not for production.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
@@ -42,6 +49,85 @@ impl std::fmt::Debug for EmulatedPrincipal {
     }
 }
 
+/// A role the emulator lets a web identity assume (`AssumeRoleWithWebIdentity`), as IRSA does.
+#[derive(Clone)]
+pub struct EmulatedRole {
+    /// The role's IAM ARN, `arn:aws:iam::ACCOUNT:role/NAME`.
+    pub role_arn: String,
+    /// The role's unique id (`AROA…`), the first half of its sessions' user ids.
+    pub role_id: String,
+    /// The one web identity token (a projected service-account token, in EKS) that may assume it.
+    pub web_identity_token: String,
+}
+
+impl std::fmt::Debug for EmulatedRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatedRole").field("role_arn", &self.role_arn).finish_non_exhaustive()
+    }
+}
+
+/// The most role sessions the emulator holds; the oldest is forgotten past it.
+pub const MAX_EMULATED_SESSIONS: usize = 10_000;
+/// How long the credentials of a role session last unless `DurationSeconds` says otherwise.
+const SESSION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What the emulator knows: fixed principals, roles, and the sessions of those roles.
+#[derive(Debug, Default)]
+struct Directory {
+    principals: Vec<EmulatedPrincipal>,
+    roles: Vec<EmulatedRole>,
+    /// Role sessions, oldest first, each with when its credentials expire.
+    sessions: Mutex<VecDeque<(EmulatedPrincipal, SystemTime)>>,
+}
+
+/// Configures an emulator: its principals, its roles, and where it listens.
+#[derive(Debug)]
+pub struct StsEmulatorBuilder {
+    directory: Directory,
+    listen: SocketAddr,
+}
+
+impl StsEmulatorBuilder {
+    /// A principal whose signed `GetCallerIdentity` the emulator answers.
+    pub fn principal(mut self, p: EmulatedPrincipal) -> Self {
+        self.directory.principals.push(p);
+        self
+    }
+
+    /// A role a web identity may assume.
+    pub fn role(mut self, r: EmulatedRole) -> Self {
+        self.directory.roles.push(r);
+        self
+    }
+
+    /// Listens here instead of an ephemeral port on 127.0.0.1; a loopback address only.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Starts serving.
+    pub async fn start(self) -> std::io::Result<StsEmulator> {
+        if !self.listen.ip().is_loopback() {
+            return Err(std::io::Error::other("the STS emulator listens on a loopback address only"));
+        }
+        let listener = TcpListener::bind(self.listen).await?;
+        let addr = listener.local_addr()?;
+        let served = Arc::new(AtomicUsize::new(0));
+        let directory = Arc::new(self.directory);
+        let counter = served.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (d, c) = (directory.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, &d, &c).await;
+                });
+            }
+        });
+        Ok(StsEmulator { addr, served, task })
+    }
+}
+
 /// A running emulator; stops when dropped.
 #[derive(Debug)]
 pub struct StsEmulator {
@@ -57,22 +143,15 @@ impl Drop for StsEmulator {
 }
 
 impl StsEmulator {
-    /// Starts on 127.0.0.1 with an ephemeral port.
+    /// Starts on 127.0.0.1 with an ephemeral port, knowing these principals and no role.
     pub async fn start(principals: Vec<EmulatedPrincipal>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let served = Arc::new(AtomicUsize::new(0));
-        let principals = Arc::new(principals);
-        let counter = served.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (p, c) = (principals.clone(), counter.clone());
-                tokio::spawn(async move {
-                    let _ = serve(stream, &p, &c).await;
-                });
-            }
-        });
-        Ok(Self { addr, served, task })
+        principals.into_iter().fold(Self::builder(), StsEmulatorBuilder::principal).start().await
+    }
+
+    /// An emulator to configure: principals, roles, listen address (default: 127.0.0.1, an
+    /// ephemeral port).
+    pub fn builder() -> StsEmulatorBuilder {
+        StsEmulatorBuilder { directory: Directory::default(), listen: SocketAddr::from(([127, 0, 0, 1], 0)) }
     }
 
     /// `http://127.0.0.1:PORT/`.
@@ -94,7 +173,7 @@ impl StsEmulator {
 /// Largest request the emulator reads.
 const MAX_REQUEST: usize = 64 * 1024;
 
-async fn serve(mut stream: TcpStream, principals: &[EmulatedPrincipal], served: &AtomicUsize) -> std::io::Result<()> {
+async fn serve(mut stream: TcpStream, directory: &Directory, served: &AtomicUsize) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -123,7 +202,7 @@ async fn serve(mut stream: TcpStream, principals: &[EmulatedPrincipal], served: 
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        let (status, content_type, body) = answer(&buf[..head_len + body_len], head_len, principals);
+        let (status, content_type, body) = answer(&buf[..head_len + body_len], head_len, directory, SystemTime::now());
         served.fetch_add(1, Ordering::SeqCst);
         let head = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nx-amzn-RequestId: 4c0ac7f4-2a9f-4f8a-9c5f-5d3b2a1f0e9d\r\n\r\n",
@@ -167,7 +246,7 @@ fn error(status: u16, code: &str, message: &str, json: bool) -> (u16, &'static s
 }
 
 /// Checks the request as STS would and builds the answer.
-fn answer(raw: &[u8], head_len: usize, principals: &[EmulatedPrincipal]) -> (u16, &'static str, String) {
+fn answer(raw: &[u8], head_len: usize, directory: &Directory, now: SystemTime) -> (u16, &'static str, String) {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     if req.parse(raw).is_err() {
@@ -182,8 +261,17 @@ fn answer(raw: &[u8], head_len: usize, principals: &[EmulatedPrincipal]) -> (u16
             .map(str::to_owned)
     };
     let json = get("accept").is_some_and(|a| a.eq_ignore_ascii_case("application/json"));
-    if body != crate::request::GET_CALLER_IDENTITY_BODY || req.method != Some("POST") {
-        return error(400, "InvalidAction", "Only GetCallerIdentity is emulated", json);
+    if req.method != Some("POST") {
+        return error(400, "InvalidAction", "Only POST is emulated", json);
+    }
+    if body != crate::request::GET_CALLER_IDENTITY_BODY {
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+        let param = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        return match param("Action") {
+            // Unsigned, as STS takes it: the web identity token is the proof.
+            Some("AssumeRoleWithWebIdentity") => assume_role_with_web_identity(&param, directory, now),
+            _ => error(400, "InvalidAction", "Only GetCallerIdentity and AssumeRoleWithWebIdentity are emulated", json),
+        };
     }
     let Some(auth) = get("authorization") else {
         return error(403, "MissingAuthenticationToken", "Request is missing Authentication Token", json);
@@ -191,7 +279,7 @@ fn answer(raw: &[u8], head_len: usize, principals: &[EmulatedPrincipal]) -> (u16
     let Ok(parsed) = crate::sigv4::parse_authorization(&auth) else {
         return error(400, "IncompleteSignature", "Authorization header is malformed", json);
     };
-    let Some(principal) = principals.iter().find(|p| p.access_key_id == parsed.access_key_id) else {
+    let Some(principal) = directory.find(parsed.access_key_id, now) else {
         return error(403, "InvalidClientTokenId", "The security token included in the request is invalid.", json);
     };
     if principal.session_token.is_some() && get("x-amz-security-token") != principal.session_token {
@@ -236,4 +324,90 @@ fn answer(raw: &[u8], head_len: usize, principals: &[EmulatedPrincipal]) -> (u16
         );
         (200, "text/xml", body)
     }
+}
+
+impl Directory {
+    /// The principal with this access key: a fixed one, or an unexpired role session.
+    fn find(&self, access_key_id: &str, now: SystemTime) -> Option<EmulatedPrincipal> {
+        if let Some(p) = self.principals.iter().find(|p| p.access_key_id == access_key_id) {
+            return Some(p.clone());
+        }
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.iter().find(|(p, expires)| p.access_key_id == access_key_id && *expires > now).map(|(p, _)| p.clone())
+    }
+}
+
+/// `n` random characters of `alphabet`.
+fn random_text(n: usize, alphabet: &[u8]) -> String {
+    let mut bytes = vec![0u8; n];
+    let _ = getrandom::fill(&mut bytes); // the emulator's keys need not be secret
+    bytes.iter().map(|b| alphabet[usize::from(*b) % alphabet.len()] as char).collect()
+}
+
+/// `AssumeRoleWithWebIdentity`, as STS answers it for IRSA: the role must be known and the token
+/// the one it accepts; the session's credentials then sign `GetCallerIdentity` as
+/// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`.
+fn assume_role_with_web_identity<'a>(
+    param: &dyn Fn(&str) -> Option<&'a str>,
+    directory: &Directory,
+    now: SystemTime,
+) -> (u16, &'static str, String) {
+    let (Some(role_arn), Some(session), Some(token)) =
+        (param("RoleArn"), param("RoleSessionName"), param("WebIdentityToken"))
+    else {
+        return error(400, "MissingParameter", "RoleArn, RoleSessionName and WebIdentityToken are required", false);
+    };
+    let session_ok = (2..=64).contains(&session.len())
+        && session.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
+    if !session_ok {
+        return error(400, "ValidationError", "RoleSessionName is not a valid session name", false);
+    }
+    let lifetime = match param("DurationSeconds").map(str::parse::<u64>) {
+        None => SESSION_LIFETIME,
+        Some(Ok(s)) if (900..=43_200).contains(&s) => Duration::from_secs(s),
+        Some(_) => return error(400, "ValidationError", "DurationSeconds must be between 900 and 43200", false),
+    };
+    let Some(role) = directory.roles.iter().find(|r| r.role_arn == role_arn) else {
+        return error(403, "AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity", false);
+    };
+    if role.web_identity_token != token {
+        return error(
+            400,
+            "InvalidIdentityToken",
+            "The web identity token that was passed could not be validated",
+            false,
+        );
+    }
+    let mut fields = role.role_arn.splitn(6, ':');
+    let (account, name) = (fields.nth(4).unwrap_or(""), role.role_arn.rsplit('/').next().unwrap_or(""));
+    let upper = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let any = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let principal = EmulatedPrincipal {
+        access_key_id: format!("ASIA{}", random_text(16, upper)),
+        secret_access_key: random_text(40, any),
+        session_token: Some(random_text(356, any)),
+        arn: format!("arn:aws:sts::{account}:assumed-role/{name}/{session}"),
+        user_id: format!("{}:{session}", role.role_id),
+    };
+    let expires = now + lifetime;
+    let expiration = time::OffsetDateTime::from(expires)
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
+    let body = format!(
+        "<AssumeRoleWithWebIdentityResponse xmlns=\"{STS_NAMESPACE}\">\n  <AssumeRoleWithWebIdentityResult>\n    <SubjectFromWebIdentityToken>system:serviceaccount:emulated:{name}</SubjectFromWebIdentityToken>\n    <Audience>sts.amazonaws.com</Audience>\n    <AssumedRoleUser>\n      <Arn>{}</Arn>\n      <AssumedRoleId>{}</AssumedRoleId>\n    </AssumedRoleUser>\n    <Credentials>\n      <SessionToken>{}</SessionToken>\n      <SecretAccessKey>{}</SecretAccessKey>\n      <Expiration>{expiration}</Expiration>\n      <AccessKeyId>{}</AccessKeyId>\n    </Credentials>\n    <Provider>oidc.emulated.iam-join</Provider>\n  </AssumeRoleWithWebIdentityResult>\n  <ResponseMetadata>\n    <RequestId>{REQUEST_ID}</RequestId>\n  </ResponseMetadata>\n</AssumeRoleWithWebIdentityResponse>\n",
+        principal.arn,
+        principal.user_id,
+        principal.session_token.as_deref().unwrap_or_default(),
+        principal.secret_access_key,
+        principal.access_key_id,
+    );
+    let mut sessions = directory.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    sessions.retain(|(_, e)| *e > now);
+    if sessions.len() >= MAX_EMULATED_SESSIONS {
+        sessions.pop_front();
+    }
+    sessions.push_back((principal, expires));
+    (200, "text/xml", body)
 }

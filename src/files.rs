@@ -36,11 +36,27 @@ impl crate::challenge::ChallengeKeys {
     /// A key ring from a key file ([`ChallengeKeys::parse`](crate::challenge::ChallengeKeys::parse)),
     /// read as token files are: a regular file only, at most
     /// [`MAX_KEY_FILE_BYTES`](crate::challenge::MAX_KEY_FILE_BYTES), into a zeroizing buffer.
-    /// Refusals are `config_invalid` and never hold the key.
+    /// On Unix, a file that group or others may read or write is refused (as ssh refuses a
+    /// private key): whoever reads it can mint challenges. Refusals are `config_invalid` and
+    /// never hold the key.
     pub fn load_file(path: impl AsRef<Path>) -> Result<Self, crate::error::Error> {
         let path = path.as_ref();
-        let (bytes, _) = read_regular_file(path, crate::challenge::MAX_KEY_FILE_BYTES)
+        let (bytes, meta) = read_regular_file(path, crate::challenge::MAX_KEY_FILE_BYTES)
             .map_err(crate::error::Error::config_invalid)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(crate::error::Error::config_invalid(format!(
+                    "{}: the key file is accessible by group or others (mode {mode:o}); chmod 600 it \
+                     (in Kubernetes, mount the Secret with defaultMode: 0400)",
+                    path.display()
+                )));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = meta;
         let bytes = zeroize::Zeroizing::new(bytes);
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| crate::error::Error::config_invalid(format!("{}: not UTF-8", path.display())))?;

@@ -1,5 +1,5 @@
 //! A real `redis-server` (Debian's package) on a loopback port, started and stopped by the test
-//! that needs it. Those tests live in `tests/redis`, whose harness shows them as ignored when
+//! that needs it. Those tests live in `tests/system`, whose harness shows them as ignored when
 //! `redis-server` is not on the PATH (a failure with `IAM_JOIN_REQUIRE_REDIS=1`).
 
 use std::net::{TcpListener, TcpStream};
@@ -40,10 +40,4 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Whether `redis-server` can be started: the harness of `tests/redis` marks its tests ignored
-/// when it cannot.
-pub(crate) fn redis_server_found() -> bool {
-    Command::new("redis-server").arg("--version").output().is_ok_and(|o| o.status.success())
 }

@@ -18,6 +18,13 @@ pub(crate) fn stranger() -> Credentials {
     Credentials::new("AKIAOTHERACCOUNT0001", "other-secret", None)
 }
 
+/// Writes the shared challenge key file, private (`serve` refuses a key file others can read).
+pub(crate) fn write_key_file(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, format!("{KEY_LINE}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A scratch folder for one test, under the target directory.
 pub(crate) fn scratch(test: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{test}-{}", std::process::id()));

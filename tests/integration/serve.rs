@@ -1,6 +1,6 @@
 //! `iam-join serve` as a real process, without Redis: SIGTERM lets a join in flight finish, and
 //! organization rules are looked up with the service's own credentials. The tests with Redis
-//! (three replicas, outages, reloads, the load test) are in `tests/redis`.
+//! (three replicas, outages, reloads, the load test) are in `tests/system`.
 
 use std::time::{Duration, Instant, SystemTime};
 

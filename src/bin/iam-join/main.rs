@@ -15,7 +15,7 @@ use iam_join::{
 
 #[cfg(feature = "serve")]
 use commands::serve;
-use commands::{check_token, demo, join, matching, sign, verify};
+use commands::{check_token, demo, emulator, join, matching, sign, verify};
 
 #[derive(Parser)]
 #[command(name = "iam-join", version, about = "Verify AWS IAM joins the way Teleport's Auth Service does", long_about = None)]
@@ -118,7 +118,16 @@ enum Command {
         /// The key's id (letters, digits, - or _), carried in every challenge it issues.
         #[arg(long, default_value = "k1")]
         id: String,
+        /// Write the key to this file instead of stdout: created with mode 0600, or appended to
+        /// (keeping its mode; a file readable by others is reported, and `serve` refuses it).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
+    /// Run the SigV4-checking STS emulator on a loopback port, and print its URL and example
+    /// identities as `export` lines to source: try the service offline, with no AWS account.
+    ///
+    /// Example: iam-join emulator --listen 127.0.0.1:4566 --export irsa > emulator.env &
+    Emulator(emulator::EmulatorArgs),
     /// Walk through allowed and refused joins against an embedded STS emulator (no AWS account,
     /// no network).
     Demo,
@@ -270,12 +279,8 @@ fn main() -> ExitCode {
             sign::run(&challenge, &agent, accept_json, &challenge_header)
         }
         Command::Join(args) => join::run(&args),
-        Command::ChallengeKey { id } => iam_join::challenge::ChallengeKey::generate(&id)
-            .map(|key| {
-                println!("{}", *key.to_line());
-                ExitCode::SUCCESS
-            })
-            .map_err(|e| Usage(e.detail().to_owned())),
+        Command::ChallengeKey { id, out } => challenge_key(&id, out.as_deref()),
+        Command::Emulator(args) => emulator::run(&args),
         Command::Challenge => iam_join::challenge::generate()
             .map(|c| {
                 println!("{c}");
@@ -288,6 +293,52 @@ fn main() -> ExitCode {
         eprintln!("iam-join: {msg}");
         ExitCode::from(2)
     })
+}
+
+/// A `--listen` address: `IP:PORT`, `[IPv6]:PORT`, or `localhost:PORT` (127.0.0.1). Other names
+/// are refused: a name that resolves to several addresses does not say which one to listen on.
+pub(crate) fn listen_address(text: &str) -> Result<std::net::SocketAddr, Usage> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if let Some(port) = text.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    Err(Usage(format!("--listen {text:?} must be IP:PORT, [IPv6]:PORT or localhost:PORT")))
+}
+
+/// `iam-join challenge-key`: a fresh key line on stdout, or into `--out`, created private.
+fn challenge_key(id: &str, out: Option<&std::path::Path>) -> Result<ExitCode, Usage> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let key = iam_join::challenge::ChallengeKey::generate(id).map_err(|e| Usage(e.detail().to_owned()))?;
+    let Some(path) = out else {
+        println!("{}", *key.to_line());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let shown = path.display();
+    let existed = path.exists();
+    // Created 0600 whatever the umask; an existing file keeps its mode.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Usage(format!("{shown}: {e}")))?;
+    let mode = file.metadata().map_err(|e| Usage(format!("{shown}: {e}")))?.permissions().mode();
+    file.write_all(format!("{}\n", *key.to_line()).as_bytes()).map_err(|e| Usage(format!("{shown}: {e}")))?;
+    if existed {
+        eprintln!("iam-join: key {id:?} appended to {shown}; the first line of the file is the active key");
+    } else {
+        eprintln!("iam-join: key {id:?} written to {shown} (mode 0600)");
+    }
+    if mode & 0o077 != 0 {
+        eprintln!(
+            "iam-join: warning: {shown} is accessible by group or others (mode {:o}); `iam-join serve` refuses it: chmod 600 {shown}",
+            mode & 0o777
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads a token file for `match` and `verify`: the named token must be valid; problems in the

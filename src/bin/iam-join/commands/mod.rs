@@ -2,6 +2,7 @@
 
 pub(crate) mod check_token;
 pub(crate) mod demo;
+pub(crate) mod emulator;
 pub(crate) mod join;
 pub(crate) mod matching;
 #[cfg(feature = "serve")]

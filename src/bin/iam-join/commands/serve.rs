@@ -26,9 +26,9 @@ use metrics::{MeteredGuard, MeteredTransport, Metrics};
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: IP:PORT, [IPv6]:PORT or localhost:PORT.
     #[arg(long, env = "IAM_JOIN_LISTEN", default_value = "127.0.0.1:3080")]
-    listen: SocketAddr,
+    listen: String,
     /// The token YAML file; reloaded on SIGHUP and when it changes.
     #[arg(long, env = "IAM_JOIN_TOKENS")]
     tokens: PathBuf,
@@ -92,6 +92,7 @@ fn init_logs() {
 
 async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let listen = crate::listen_address(&a.listen)?;
     let metrics = Arc::new(Metrics::new());
     let tokens = {
         let path = a.tokens.clone();
@@ -189,17 +190,17 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
                 .await
                 .map_err(|e| Usage(format!("--tls-cert/--tls-key: {e}")))?;
             let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(gate);
-            let mut server = axum_server::bind(a.listen).acceptor(acceptor);
+            let mut server = axum_server::bind(listen).acceptor(acceptor);
             bounded(&mut server, header_timeout);
             server.handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(service).await
         }
         _ => {
-            let mut server = axum_server::bind(a.listen).acceptor(gate);
+            let mut server = axum_server::bind(listen).acceptor(gate);
             bounded(&mut server, header_timeout);
             server.handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT).serve(service).await
         }
     };
-    served.map_err(|e| Usage(format!("{}: {e}", a.listen)))?;
+    served.map_err(|e| Usage(format!("{listen}: {e}")))?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

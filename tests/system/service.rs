@@ -23,7 +23,7 @@ pub(crate) async fn three_replicas_share_challenges_single_use_redis_outages_and
     let dir = scratch("replicas");
     let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
     std::fs::write(&tokens, TOKENS).unwrap();
-    std::fs::write(&keys, format!("{KEY_LINE}\n")).unwrap();
+    write_key_file(&keys);
     let redis = Redis::start(None);
     let redis_port = redis.port;
     let sts = StsEmulator::start(principals()).await.unwrap();
@@ -363,7 +363,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// concurrent across three replicas sharing Redis and the emulator, each challenge redeemed at
 /// another replica than the one that issued it; then the same joins through an in-process
 /// `Verifier` with the same Redis, emulator and checks, for the ratio. Every outcome is checked.
-/// Run: `cargo test --release --all-features --test redis load -- --ignored --nocapture`.
+/// Run: `cargo test --release --all-features --test system load -- --ignored --nocapture`.
 pub(crate) async fn load_across_three_replicas() {
     let joins: usize = std::env::var("IAM_JOIN_LOAD_JOINS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     const CONCURRENCY: usize = 64;
@@ -371,7 +371,7 @@ pub(crate) async fn load_across_three_replicas() {
     let dir = scratch("load");
     let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
     std::fs::write(&tokens, TOKENS).unwrap();
-    std::fs::write(&keys, format!("{KEY_LINE}\n")).unwrap();
+    write_key_file(&keys);
     let redis = Redis::start(None);
     let sts = StsEmulator::start(principals()).await.unwrap();
     let args = flags(&[
@@ -511,7 +511,7 @@ pub(crate) async fn replicas_idle_during_a_redis_restart_join_at_once_and_claims
     let dir = scratch("hostile-redis");
     let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
     std::fs::write(&tokens, TOKENS).unwrap();
-    std::fs::write(&keys, format!("{}\n", crate::common::service::KEY_LINE)).unwrap();
+    write_key_file(&keys);
     let redis = Redis::start(None);
     let port = redis.port;
     let sts = StsEmulator::start(principals()).await.unwrap();
@@ -560,7 +560,7 @@ pub(crate) async fn one_issued_challenge_is_one_join_across_replicas_whatever_it
     let dir = scratch("hostile-spellings");
     let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
     std::fs::write(&tokens, TOKENS).unwrap();
-    std::fs::write(&keys, format!("{}\n", crate::common::service::KEY_LINE)).unwrap();
+    write_key_file(&keys);
     let redis = Redis::start(None);
     let sts = StsEmulator::start(principals()).await.unwrap();
     let args = flags(&[

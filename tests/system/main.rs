@@ -1,14 +1,16 @@
-//! The tests that need a real `redis-server` (Debian's package), started on a loopback port and
-//! stopped by each test. They run through libtest-mimic so that, when `redis-server` is not on
-//! the `PATH`, they show as *ignored* in the test summary (not as passed), with a line saying
-//! why. With `IAM_JOIN_REQUIRE_REDIS=1`, as `.ci/run` sets after installing the package, a
-//! missing `redis-server` is a failure instead.
+//! The tests that need a system package beyond Debian's essential ones: a real `redis-server`
+//! (started on a loopback port and stopped by each test), and `curl` (the README's commands,
+//! run as written). They run through libtest-mimic so that, when a package is missing, its
+//! tests show as *ignored* in the test summary (not as passed), with a line saying why. With
+//! `IAM_JOIN_REQUIRE_REDIS=1` (and `IAM_JOIN_REQUIRE_TOOLS=1` for the others), as `.ci/run`
+//! sets after installing them, a missing package is a failure instead.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod guard;
+mod readme;
 mod service;
 
 use std::future::Future;
@@ -24,43 +26,76 @@ fn run<F: Future<Output = ()> + 'static>(test: fn() -> F) -> impl FnOnce() -> Re
     }
 }
 
+/// Whether `program` runs here (`--version` exits 0).
+fn found(program: &str) -> bool {
+    std::process::Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+type Test = Box<dyn FnOnce() -> Result<(), Failed> + Send>;
+
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let found = common::redis::redis_server_found();
-    let required = std::env::var("IAM_JOIN_REQUIRE_REDIS").as_deref() == Ok("1");
-    if !found {
-        if required {
-            eprintln!("IAM_JOIN_REQUIRE_REDIS=1 but redis-server is not installed (apt-get install -y redis-server)");
+    // (program, the variable that makes its absence a failure)
+    let packages = [("redis-server", "IAM_JOIN_REQUIRE_REDIS"), ("curl", "IAM_JOIN_REQUIRE_TOOLS")];
+    let mut missing = Vec::new();
+    for (program, required_by) in packages {
+        if found(program) {
+            continue;
+        }
+        if std::env::var(required_by).as_deref() == Ok("1") {
+            eprintln!("{required_by}=1 but {program} is not installed (apt-get install -y {program})");
             return ExitCode::FAILURE;
         }
         eprintln!(
-            "SKIPPED: redis-server is not installed, so the tests below are ignored \
-             (apt-get install -y redis-server; IAM_JOIN_REQUIRE_REDIS=1 makes this a failure)"
+            "SKIPPED: {program} is not installed, so the tests that need it are ignored \
+             (apt-get install -y {program}; {required_by}=1 makes this a failure)"
         );
+        missing.push(program);
     }
-    let trial = |name: &str, f: Box<dyn FnOnce() -> Result<(), Failed> + Send>| {
-        Trial::test(name, f).with_ignored_flag(!found).with_kind("redis-server")
+    let trial = |needs: &'static str, name: &str, f: Test| {
+        Trial::test(name, f).with_ignored_flag(missing.contains(&needs)).with_kind(needs)
     };
     let mut trials = vec![
         trial(
+            "redis-server",
             "guard::single_use_across_replicas_through_redis_and_fail_closed_while_it_is_down",
             Box::new(run(guard::single_use_across_replicas_through_redis_and_fail_closed_while_it_is_down)),
         ),
         trial(
+            "redis-server",
             "guard::claims_survive_a_lost_reply_and_a_redis_restart_at_the_first_attempt",
             Box::new(run(guard::claims_survive_a_lost_reply_and_a_redis_restart_at_the_first_attempt)),
         ),
         trial(
+            "redis-server",
             "service::three_replicas_share_challenges_single_use_redis_outages_and_reloads",
             Box::new(run(service::three_replicas_share_challenges_single_use_redis_outages_and_reloads)),
         ),
         trial(
+            "redis-server",
             "service::replicas_idle_during_a_redis_restart_join_at_once_and_claims_end_with_the_challenge",
             Box::new(run(service::replicas_idle_during_a_redis_restart_join_at_once_and_claims_end_with_the_challenge)),
         ),
         trial(
+            "redis-server",
             "service::one_issued_challenge_is_one_join_across_replicas_whatever_its_spelling",
             Box::new(run(service::one_issued_challenge_is_one_join_across_replicas_whatever_its_spelling)),
+        ),
+        trial(
+            "bash",
+            "readme::the_operator_guide_runs_as_written",
+            Box::new(|| {
+                readme::the_operator_guide_runs_as_written();
+                Ok(())
+            }),
+        ),
+        trial(
+            "curl",
+            "readme::try_the_service_offline_runs_as_written",
+            Box::new(|| {
+                readme::try_the_service_offline_runs_as_written();
+                Ok(())
+            }),
         ),
     ];
     // The load test is ignored by default whether or not Redis is there: run it with --ignored.
