@@ -103,6 +103,9 @@ pub(crate) struct RuleFields<'a> {
     /// ec2 rule fields, present in an iam rule: always an error.
     pub(crate) aws_role: bool,
     pub(crate) aws_regions: bool,
+    /// Whether the rule also has keys no rule knows (each its own error): a rule with no known
+    /// field is then a typo, already reported, not a second problem.
+    pub(crate) unknown_keys: bool,
 }
 
 /// `aws_organizational_units` as written.
@@ -260,7 +263,7 @@ pub(crate) fn validate(f: &RuleFields<'_>, report: &mut dyn FnMut(Severity, Plac
         }
         include.map(|include| OrganizationalUnits { include, exclude })
     });
-    if f.aws_account.is_none() && aws_arn.is_none() && f.aws_organization_id.is_none() {
+    if f.aws_account.is_none() && aws_arn.is_none() && f.aws_organization_id.is_none() && !f.unknown_keys {
         emit(Severity::Error, Place::Rule, "a rule needs aws_account, aws_arn or aws_organization_id".to_owned());
     }
     ok.then(|| Rule {

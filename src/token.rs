@@ -476,7 +476,7 @@ impl Loader {
             budget: serde_saphyr::budget! { max_documents: MAX_TOKENS_PER_FILE },
             reject_unsupported_tags: true,
         };
-        let docs: Vec<RawToken> = match serde_saphyr::from_multiple_with_options(piece, options) {
+        let docs: Vec<Spanned<RawToken>> = match serde_saphyr::from_multiple_with_options(piece, options) {
             Ok(docs) => docs,
             Err(e) => {
                 let (line, column) = e.location().map_or((0, 0), |l| (l.line() + line_offset, l.column()));
@@ -498,11 +498,29 @@ impl Loader {
                 self.file_error(format!("the file holds more than {MAX_TOKENS_PER_FILE} tokens; the rest is not read"));
                 return false;
             }
-            let name = doc.metadata.value.name.value.clone();
-            let (line, column) = at(&doc.metadata.value.name);
+            let doc_at = at(&doc);
+            let doc = doc.value;
+            let named = doc.metadata.as_ref().and_then(|m| m.value.name.as_ref());
+            let Some((name, (line, column))) = named.map(|n| (n.value.clone(), at(n))) else {
+                // Nothing to file its problems under: reported, and counted as unreadable.
+                let before = self.problems.len();
+                doc.validate("", doc_at, &mut Diags { out: &mut self.problems, line_offset, token: "", errors: 0 });
+                self.problems[before..].sort_by_key(|p| (p.line, p.column));
+                for p in &mut self.problems[before..] {
+                    p.token = None;
+                }
+                self.unnamed_failures += 1;
+                continue;
+            };
             let name_at = (line + line_offset, column);
             let before = self.problems.len();
-            let outcome = doc.validate(&mut Diags { out: &mut self.problems, line_offset, token: &name, errors: 0 });
+            let outcome = doc.validate(
+                &name,
+                doc_at,
+                &mut Diags { out: &mut self.problems, line_offset, token: &name, errors: 0 },
+            );
+            // One token's problems in file order, whichever check found them.
+            self.problems[before..].sort_by_key(|p| (p.line, p.column));
             let first_error =
                 self.problems[before..].iter().find(|p| p.severity == Severity::Error).map(|p| p.to_string());
             if let Some(&(l, c)) = self.seen.get(&name) {
@@ -598,87 +616,114 @@ impl Diags<'_> {
 
 // ---- the YAML shape ---------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawToken {
-    kind: Spanned<String>,
-    version: Spanned<String>,
-    metadata: Spanned<RawMetadata>,
-    spec: Spanned<RawSpec>,
-    // Fields tctl prints that carry nothing this library checks.
-    #[serde(default, rename = "sub_kind")]
-    _sub_kind: Option<IgnoredAny>,
-    #[serde(default, rename = "status")]
-    _status: Option<IgnoredAny>,
+/// A struct of the token schema, read leniently about keys: a key the schema does not know is
+/// recorded with its place instead of stopping the whole document (as `deny_unknown_fields`
+/// would), so that one run reports a typo together with every other problem of the token. Each
+/// field's type must be `Default` (an `Option`); a key given twice is the YAML parser's error.
+macro_rules! schema {
+    ($(#[$meta:meta])* struct $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty => $key:literal),* $(,)? }) => {
+        $(#[$meta])*
+        struct $name {
+            $($(#[$fmeta])* $field: $ty,)*
+            /// Keys the schema does not know, with where they are.
+            unknown: Vec<(String, Loc)>,
+        }
+
+        impl $name {
+            /// Every key the schema knows, for the message about one it does not.
+            const KEYS: &'static [&'static str] = &[$($key),*];
+
+            fn unknown_keys(&self, d: &mut Diags<'_>) {
+                for (key, loc) in &self.unknown {
+                    d.error(*loc, unknown_field(key, Self::KEYS));
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Fields;
+                impl<'de> serde::de::Visitor<'de> for Fields {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a mapping (", stringify!($name), ")"))
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<$name, A::Error> {
+                        let mut out = $name { $($field: Default::default(),)* unknown: Vec::new() };
+                        while let Some(key) = map.next_key::<Spanned<String>>()? {
+                            match key.value.as_str() {
+                                $($key => out.$field = map.next_value()?,)*
+                                _ => {
+                                    map.next_value::<IgnoredAny>()?;
+                                    out.unknown.push((key.value.clone(), at(&key)));
+                                }
+                            }
+                        }
+                        Ok(out)
+                    }
+                }
+                deserializer.deserialize_map(Fields)
+            }
+        }
+    };
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetadata {
-    name: Spanned<String>,
-    #[serde(default)]
-    expires: Option<Spanned<String>>,
-    #[serde(default, rename = "description")]
-    _description: Option<IgnoredAny>,
-    #[serde(default, rename = "labels")]
-    _labels: Option<IgnoredAny>,
-    #[serde(default, rename = "revision")]
-    _revision: Option<IgnoredAny>,
-    #[serde(default, rename = "namespace")]
-    _namespace: Option<IgnoredAny>,
-    #[serde(default, rename = "id")]
-    _id: Option<IgnoredAny>,
+/// The wording the YAML parser used for an unknown key, so messages stay as they were.
+fn unknown_field(key: &str, known: &[&str]) -> String {
+    format!("unknown field `{key}`, expected one of {}", known.join(", "))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSpec {
-    #[serde(default)]
-    roles: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    join_method: Option<Spanned<String>>,
-    #[serde(default)]
-    allow: Option<Spanned<Vec<Spanned<RawRule>>>>,
-    #[serde(default)]
-    bot_name: Option<Spanned<String>>,
-    #[serde(default, rename = "suggested_labels")]
-    _suggested_labels: Option<IgnoredAny>,
-    #[serde(default, rename = "suggested_agent_matcher_labels")]
-    _suggested_agent_matcher_labels: Option<IgnoredAny>,
-    #[serde(default, rename = "aws_iid_ttl")]
-    _aws_iid_ttl: Option<IgnoredAny>,
-    #[serde(default, rename = "integration")]
-    _integration: Option<IgnoredAny>,
-    /// The sections of Teleport's other join methods, by key. An iam token that carries one gets
-    /// a warning: Teleport ignores it for iam, and so does this library.
-    #[serde(default)]
-    kubernetes: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    github: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    circleci: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    gcp: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    gitlab: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    azure: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    azure_devops: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    spacelift: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    tpm: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    terraform_cloud: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    bitbucket: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    oracle: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    bound_keypair: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    env0: Option<Spanned<IgnoredAny>>,
+schema! {
+    struct RawToken {
+        kind: Option<Spanned<String>> => "kind",
+        version: Option<Spanned<String>> => "version",
+        metadata: Option<Spanned<RawMetadata>> => "metadata",
+        spec: Option<Spanned<RawSpec>> => "spec",
+        // Fields tctl prints that carry nothing this library checks.
+        _sub_kind: Option<IgnoredAny> => "sub_kind",
+        _status: Option<IgnoredAny> => "status",
+    }
+}
+
+schema! {
+    struct RawMetadata {
+        name: Option<Spanned<String>> => "name",
+        expires: Option<Spanned<String>> => "expires",
+        _description: Option<IgnoredAny> => "description",
+        _labels: Option<IgnoredAny> => "labels",
+        _revision: Option<IgnoredAny> => "revision",
+        _namespace: Option<IgnoredAny> => "namespace",
+        _id: Option<IgnoredAny> => "id",
+    }
+}
+
+schema! {
+    struct RawSpec {
+        roles: Option<Spanned<Vec<Spanned<String>>>> => "roles",
+        join_method: Option<Spanned<String>> => "join_method",
+        allow: Option<Spanned<Vec<Spanned<RawRule>>>> => "allow",
+        bot_name: Option<Spanned<String>> => "bot_name",
+        _suggested_labels: Option<IgnoredAny> => "suggested_labels",
+        _suggested_agent_matcher_labels: Option<IgnoredAny> => "suggested_agent_matcher_labels",
+        _aws_iid_ttl: Option<IgnoredAny> => "aws_iid_ttl",
+        _integration: Option<IgnoredAny> => "integration",
+        // The sections of Teleport's other join methods, by key. An iam token that carries one
+        // gets a warning: Teleport ignores it for iam, and so does this library.
+        kubernetes: Option<Spanned<IgnoredAny>> => "kubernetes",
+        github: Option<Spanned<IgnoredAny>> => "github",
+        circleci: Option<Spanned<IgnoredAny>> => "circleci",
+        gcp: Option<Spanned<IgnoredAny>> => "gcp",
+        gitlab: Option<Spanned<IgnoredAny>> => "gitlab",
+        azure: Option<Spanned<IgnoredAny>> => "azure",
+        azure_devops: Option<Spanned<IgnoredAny>> => "azure_devops",
+        spacelift: Option<Spanned<IgnoredAny>> => "spacelift",
+        tpm: Option<Spanned<IgnoredAny>> => "tpm",
+        terraform_cloud: Option<Spanned<IgnoredAny>> => "terraform_cloud",
+        bitbucket: Option<Spanned<IgnoredAny>> => "bitbucket",
+        oracle: Option<Spanned<IgnoredAny>> => "oracle",
+        bound_keypair: Option<Spanned<IgnoredAny>> => "bound_keypair",
+        env0: Option<Spanned<IgnoredAny>> => "env0",
+    }
 }
 
 impl RawSpec {
@@ -706,57 +751,74 @@ impl RawSpec {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    #[serde(default)]
-    aws_account: Option<Spanned<String>>,
-    #[serde(default)]
-    aws_arn: Option<Spanned<String>>,
-    #[serde(default)]
-    aws_organization_id: Option<Spanned<String>>,
-    #[serde(default)]
-    aws_organizational_units: Option<Spanned<RawOus>>,
-    // Accepted by the parser only to say precisely why they are wrong in an iam rule.
-    #[serde(default)]
-    aws_role: Option<Spanned<IgnoredAny>>,
-    #[serde(default)]
-    aws_regions: Option<Spanned<IgnoredAny>>,
+schema! {
+    struct RawRule {
+        aws_account: Option<Spanned<String>> => "aws_account",
+        aws_arn: Option<Spanned<String>> => "aws_arn",
+        aws_organization_id: Option<Spanned<String>> => "aws_organization_id",
+        aws_organizational_units: Option<Spanned<RawOus>> => "aws_organizational_units",
+        // Accepted by the parser only to say precisely why they are wrong in an iam rule.
+        aws_role: Option<Spanned<IgnoredAny>> => "aws_role",
+        aws_regions: Option<Spanned<IgnoredAny>> => "aws_regions",
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOus {
-    #[serde(default)]
-    include: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default)]
-    exclude: Option<Vec<Spanned<String>>>,
+schema! {
+    struct RawOus {
+        include: Option<Spanned<Vec<Spanned<String>>>> => "include",
+        exclude: Option<Vec<Spanned<String>>> => "exclude",
+    }
 }
 
 // ---- validation ---------------------------------------------------------------------------------
 
 impl RawToken {
-    fn validate(self, d: &mut Diags<'_>) -> Outcome {
-        if self.kind.value != "token" {
-            d.error(at(&self.kind), format!("kind is {:?}, expected \"token\"", self.kind.value));
+    /// Every problem of one token document, reported together: `name` is its `metadata.name`,
+    /// `doc_at` where the document starts (for what it lacks).
+    fn validate(self, name: &str, doc_at: Loc, d: &mut Diags<'_>) -> Outcome {
+        self.unknown_keys(d);
+        match &self.kind {
+            None => d.error(doc_at, "kind is missing; expected \"token\"".to_owned()),
+            Some(k) if k.value != "token" => d.error(at(k), format!("kind is {:?}, expected \"token\"", k.value)),
+            Some(_) => {}
         }
-        if self.version.value != "v2" {
-            d.error(at(&self.version), format!("version is {:?}, expected \"v2\"", self.version.value));
+        match &self.version {
+            None => d.error(doc_at, "version is missing; expected \"v2\"".to_owned()),
+            Some(v) if v.value != "v2" => d.error(at(v), format!("version is {:?}, expected \"v2\"", v.value)),
+            Some(_) => {}
         }
-        let meta = self.metadata.value;
-        let name = meta.name.value.clone();
-        if name.trim().is_empty() {
-            d.error(at(&meta.name), "metadata.name is empty".to_owned());
-        }
-        let expires = meta.expires.as_ref().and_then(|e| match parse_rfc3339(&e.value) {
+        let expires = match self.metadata {
+            None => {
+                d.error(doc_at, "metadata is missing".to_owned());
+                None
+            }
+            Some(meta) => {
+                let meta_at = at(&meta);
+                let meta = meta.value;
+                meta.unknown_keys(d);
+                match &meta.name {
+                    None => d.error(meta_at, "metadata.name is missing".to_owned()),
+                    Some(n) if n.value.trim().is_empty() => d.error(at(n), "metadata.name is empty".to_owned()),
+                    Some(_) => {}
+                }
+                meta.expires
+            }
+        };
+        let name = name.to_owned();
+        let expires = expires.as_ref().and_then(|e| match parse_rfc3339(&e.value) {
             Some(t) => Some(t),
             None => {
                 d.error(at(e), format!("metadata.expires {:?} is not an RFC 3339 time", e.value));
                 None
             }
         });
-        let spec_at = at(&self.spec);
-        let spec = self.spec.value;
+        let Some(spec) = self.spec else {
+            d.error(doc_at, "spec is missing".to_owned());
+            return Outcome::Invalid;
+        };
+        let spec_at = at(&spec);
+        let spec = spec.value;
+        spec.unknown_keys(d);
 
         // Teleport's default join method is `token`; only iam tokens are this library's.
         let method = spec.join_method.as_ref().map_or("token", |m| m.value.as_str()).to_owned();
@@ -839,7 +901,12 @@ fn value(s: &Option<Spanned<String>>) -> Option<&str> {
 
 impl RawRule {
     /// Runs the one rule validator ([`crate::rule`]) and places each finding at its YAML node.
+    /// Unknown keys are errors too, reported with the rest.
     fn validate(self, rule_at: Loc, d: &mut Diags<'_>) -> Option<Rule> {
+        self.unknown_keys(d);
+        if let Some(ous) = &self.aws_organizational_units {
+            ous.value.unknown_keys(d);
+        }
         let ous = self.aws_organizational_units.as_ref().map(|o| OuFields {
             include: o.value.include.as_ref().map(|i| i.value.iter().map(|v| v.value.as_str()).collect()),
             exclude: o.value.exclude.iter().flatten().map(|v| v.value.as_str()).collect(),
@@ -851,6 +918,7 @@ impl RawRule {
             aws_organizational_units: ous,
             aws_role: self.aws_role.is_some(),
             aws_regions: self.aws_regions.is_some(),
+            unknown_keys: !self.unknown.is_empty(),
         };
         let ous = self.aws_organizational_units.as_ref();
         let include = ous.and_then(|o| o.value.include.as_ref());

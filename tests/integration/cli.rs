@@ -558,3 +558,28 @@ async fn sign_uses_eks_pod_identity_credentials() {
     assert!(asked.starts_with("get /v1/credentials "), "{asked}");
     assert!(asked.contains("authorization: eks-pod-identity-authorization-token"), "{asked}");
 }
+
+/// Issue 19: one run of check-token reports every problem of a token it can find (a typo, an
+/// 11-digit account, a rule that can never match), each at its line and column; it stopped at
+/// the first.
+#[test]
+fn check_token_reports_every_problem_of_a_token_in_one_run() {
+    let file = vectors("tokens/invalid/typo_bad_account_and_dead_rule.yaml");
+    let out = run(&["check-token", file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let at = |place: &str| stdout.lines().find(|l| l.contains(place)).unwrap_or_else(|| panic!("no {place}: {stdout}"));
+    assert!(at(":10:5: error: ").contains("unknown field `aws_acount`"));
+    assert!(at(":11:18: error: ").contains("\"11111111111\" is not a 12-digit AWS account id"));
+    assert!(at(":12:14: warning: ").contains("can never match"));
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    // Positive control: the same token without the three mistakes has nothing to say.
+    let fixed = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("aws_acount", "aws_account")
+        .replace("\"11111111111\"", "\"111111111111\"")
+        .replace("role/node", "user/node");
+    let fixed = tempfile_path::write("fixed.yaml", fixed.as_bytes());
+    let out = run(&["check-token", "--deny-warnings", fixed.s()], None);
+    assert_eq!((out.status.code(), out.stdout.len()), (Some(0), 0), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -134,8 +134,9 @@ fn one_bad_token_never_disables_another() {
         .filter(|p| p.severity == Severity::Error)
         .map(|p| (p.line, p.token.as_deref()))
         .collect();
-    // The syntax error hides even the document's name; a document without metadata has none.
-    assert_eq!(errors, [(19, Some("typo")), (25, None), (29, None)], "{:#?}", set.diagnostics());
+    // The syntax error hides even the document's name; a document without metadata has none
+    // (reported at its first line).
+    assert_eq!(errors, [(19, Some("typo")), (25, None), (27, None)], "{:#?}", set.diagnostics());
     let typo = set.lookup("typo").unwrap_err();
     assert_eq!(typo.kind(), ErrorKind::TokenInvalid);
     assert!(typo.detail().contains("19:5: error: unknown field `aws_acount`"), "{typo}");
