@@ -168,8 +168,8 @@ pub use rule::{MAX_ARN_PATTERN_LEN, OrganizationalUnits, OuInclude, Rule};
 pub use token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, Role, Token, TokenSet};
 #[cfg(feature = "io")]
 pub use transport::{
-    AwsCall, AwsTransport, BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride,
-    ReqwestTransport, ReqwestTransportBuilder, StsTransport, TrustRoots,
+    AwsCall, AwsTransport, BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride, FailureClass,
+    ReqwestTransport, ReqwestTransportBuilder, StsTransport, TrustRoots, failure_cause,
 };
 pub use verifier::{Concluded, DEFAULT_DEADLINE, DEFAULT_RETRIES, MembershipQuery, Prepared, Verdict, Verifier};
 

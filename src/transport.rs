@@ -236,7 +236,7 @@ impl ReqwestTransport {
                 req = req.header(name, value);
             }
         }
-        let unavailable = |e| unavailable(service, e);
+        let unavailable = |e| unavailable(service, host, self.base.as_ref(), e);
         let mut resp = req.send().await.map_err(unavailable)?;
         let status = resp.status().as_u16();
         let content_type =
@@ -253,17 +253,120 @@ impl ReqwestTransport {
     }
 }
 
-fn unavailable(service: &str, e: reqwest::Error) -> Error {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else if e.is_body() || e.is_decode() {
-        "broke off while answering"
-    } else {
-        "failed"
+/// Why an HTTP exchange failed, as an operator needs it: which step, not just "it failed".
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The host name did not resolve. `permanent` when the resolver said the name does not
+    /// exist (a typo, a missing record), not that it could not answer now.
+    NameResolution {
+        /// The name does not exist (`EAI_NONAME`), as opposed to a resolver failing for now.
+        permanent: bool,
+    },
+    /// Nothing listens there (the connection was refused).
+    Refused,
+    /// The TLS handshake failed: an untrusted or mismatched certificate, or no TLS at all.
+    Tls,
+    /// A connect or exchange timeout.
+    Timeout,
+    /// The peer closed or reset the connection before answering completely.
+    Closed,
+    /// Anything else.
+    Other,
+}
+
+impl FailureClass {
+    /// A short name for logs and messages: `name resolution`, `refused`, `TLS`, `timeout`,
+    /// `closed`, `failed`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NameResolution { .. } => "name resolution",
+            Self::Refused => "refused",
+            Self::Tls => "TLS",
+            Self::Timeout => "timeout",
+            Self::Closed => "closed",
+            Self::Other => "failed",
+        }
+    }
+}
+
+/// The class of a failed HTTP exchange and its innermost cause (bounded, printable), read from
+/// an error's `source()` chain as reqwest, hyper and rustls build it. Holds no secret: the chain
+/// names hosts, system error texts and certificate problems.
+///
+/// ```
+/// use iam_join::FailureClass;
+/// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// assert_eq!(iam_join::failure_cause(&refused).0, FailureClass::Refused);
+/// ```
+pub fn failure_cause(error: &(dyn std::error::Error + 'static)) -> (FailureClass, String) {
+    let mut class = FailureClass::Other;
+    let mut innermost = error.to_string();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        let lower = text.to_ascii_lowercase();
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            match io.kind() {
+                K::ConnectionRefused => class = FailureClass::Refused,
+                K::TimedOut => class = FailureClass::Timeout,
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                    class = FailureClass::Closed;
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = e.downcast_ref::<reqwest::Error>()
+            && r.is_timeout()
+        {
+            class = FailureClass::Timeout;
+        }
+        if lower.contains("dns error") || lower.contains("resolving dns") || lower.contains("lookup address") {
+            // getaddrinfo's EAI_NONAME / EAI_NODATA texts say the name does not exist; EAI_AGAIN
+            // ("temporary failure") and the rest may pass.
+            let permanent = lower.contains("name or service not known")
+                || lower.contains("no address associated")
+                || lower.contains("nodename nor servname");
+            if !matches!(class, FailureClass::NameResolution { permanent: true }) {
+                class = FailureClass::NameResolution { permanent };
+            }
+        } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+            class = FailureClass::Tls;
+        } else if lower.contains("connection closed") || lower.contains("connection reset") {
+            class = FailureClass::Closed;
+        } else if lower.contains("timed out") || lower.contains("deadline has elapsed") {
+            class = FailureClass::Timeout;
+        }
+        innermost = text;
+        next = e.source();
+    }
+    (class, innermost.chars().take(160).collect::<String>().escape_debug().collect())
+}
+
+fn unavailable(service: &str, host: &str, sent_to: Option<&reqwest::Url>, e: reqwest::Error) -> Error {
+    let (class, cause) = failure_cause(&e);
+    let via = sent_to
+        .map(|u| {
+            format!(
+                " via {}",
+                u.host_str().map_or(String::new(), |h| format!("{h}:{}", u.port_or_known_default().unwrap_or(443)))
+            )
+        })
+        .unwrap_or_default();
+    let what = match class {
+        FailureClass::NameResolution { permanent: true } => "name resolution: no such name",
+        FailureClass::NameResolution { permanent: false } => "name resolution",
+        FailureClass::Refused => "refused: nothing listens there",
+        FailureClass::Tls => "TLS handshake",
+        FailureClass::Timeout => "timeout",
+        FailureClass::Closed => "closed before the answer was complete",
+        FailureClass::Other if e.is_body() || e.is_decode() => "broke off while answering",
+        FailureClass::Other => "other",
     };
-    Error::new(ErrorKind::StsUnavailable, format!("{service} request {what}")).with_retryable(true).with_source(e)
+    Error::new(ErrorKind::StsUnavailable, format!("{service} request to {host}{via} failed ({what}): {cause}"))
+        .with_retryable(true)
+        .with_source(e)
 }
 
 impl AwsTransport for ReqwestTransport {

@@ -583,3 +583,43 @@ fn check_token_reports_every_problem_of_a_token_in_one_run() {
     let out = run(&["check-token", "--deny-warnings", fixed.s()], None);
     assert_eq!((out.status.code(), out.stdout.len()), (Some(0), 0), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Issue 19: the challenge key file is created private, appends keep its mode, and `serve`
+/// refuses a key file that group or others can read.
+#[cfg(feature = "serve")]
+#[test]
+fn challenge_keys_are_created_private_and_serve_refuses_readable_ones() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("iam-join-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("challenge-keys");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let out = run(&["challenge-key", "--id", "k1", "--out", keys.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty(), "the key is not printed");
+    assert_eq!(mode(&keys), 0o600);
+    let out = run(&["challenge-key", "--id", "k2", "--out", keys.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(mode(&keys), 0o600, "an append keeps the mode");
+    let text = std::fs::read_to_string(&keys).unwrap();
+    assert_eq!(text.lines().map(|l| l.split(':').next().unwrap()).collect::<Vec<_>>(), ["k1", "k2"]);
+    let ring = iam_join::challenge::ChallengeKeys::load_file(&keys).unwrap();
+    assert_eq!(ring.active_id(), "k1", "the first line stays the active key");
+
+    // Readable by others: the library refuses it, `challenge-key` warns, `serve` will not start.
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = iam_join::challenge::ChallengeKeys::load_file(&keys).unwrap_err();
+    assert!(e.detail().contains("mode 644") && !e.detail().contains(&text[3..20]), "{e}");
+    let out = run(&["challenge-key", "--id", "k3", "--out", keys.to_str().unwrap()], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("accessible by group or others"));
+    let tokens = tokens_file();
+    let out = run(
+        &["serve", "--listen", "127.0.0.1:0", "--tokens", tokens.s(), "--challenge-key", keys.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

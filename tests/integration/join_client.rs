@@ -158,3 +158,18 @@ async fn a_challenge_that_cannot_be_a_header_exits_at_once() {
     let (out, _) = join(&format!("http://{}", good.addr()), "30", &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Issue 19: a server name that does not resolve is reported with its cause; when the resolver
+/// says the name does not exist the run ends at once (exit 2), otherwise each retry says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_server_prints_the_cause() {
+    let (out, took) = join("https://join.nonexistent.invalid", "5", &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("join.nonexistent.invalid"), "{stderr}");
+    let said = stderr.contains("does not resolve (no such name)") || stderr.contains("(name resolution)");
+    assert!(said, "the cause is printed: {stderr}");
+    if stderr.contains("no such name") {
+        assert!(took < Duration::from_secs(2), "a name that does not exist is not retried: {took:?}");
+    }
+}

@@ -107,3 +107,76 @@ async fn organization_rules_and_their_cache_metrics() {
     assert_eq!(metric(&text, "iam_join_joins_total{outcome=\"allowed\"}"), 2.0, "{text}");
     assert!(!r.logs().contains("org-reader-secret"), "the service's secret key is never logged");
 }
+
+/// Issue 19: what an operator reads. A join against an STS that cannot be reached names the host
+/// and the class of failure in the service's log (the client sees the fixed message); a Redis
+/// that does not answer is said at start; no usable token means not ready; `--listen` takes
+/// `localhost:PORT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_says_why_and_readiness_means_a_join_could_be_allowed() {
+    let http = client().build().unwrap();
+    let dir = scratch("causes");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    let closed = free_port(); // nothing listens there
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--sts-endpoint", &format!("http://127.0.0.1:{closed}/")),
+        ("--timeout", "1"),
+        ("--redis", &format!("redis://127.0.0.1:{}/", free_port())),
+    ]);
+    let r = Replica::start(&http, "causes", &dir, &args).await;
+    assert!(r.logs().contains("Redis does not answer"), "said at start: {}", r.logs());
+    let readyz = http.get(r.url("/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert!(readyz.text().await.unwrap().contains("Redis"));
+    drop(r);
+
+    // No Redis now, so joins reach the (unreachable) STS.
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--sts-endpoint", &format!("http://127.0.0.1:{closed}/")),
+        ("--timeout", "1"),
+    ]);
+    let r = Replica::start(&http, "causes2", &dir, &args).await;
+    let answer = fresh_join(&http, &r, &r, &user()).await;
+    assert_refused("STS unreachable", &answer, 503, "sts_unavailable");
+    assert!(!answer.1.to_string().contains("127.0.0.1"), "the client is not told where STS is: {}", answer.1);
+    let log = r.logs();
+    let line = log.lines().find(|l| l.contains("join refused")).unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(&format!("STS request to sts.amazonaws.com via 127.0.0.1:{closed} failed (refused")),
+        "the log names the host and the class: {line}"
+    );
+    assert_eq!(http.get(r.url("/readyz")).send().await.unwrap().status(), 200, "ready: a token, no Redis to ask");
+    drop(r);
+
+    // A token file with no usable token: up (healthz), not ready.
+    let broken = dir.join("broken.yaml");
+    std::fs::write(&broken, TOKENS.replace("aws_account", "aws_acount")).unwrap();
+    let r = Replica::start(&http, "no-tokens", &dir, &flags(&[("--tokens", &broken.display().to_string())])).await;
+    let readyz = http.get(r.url("/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert!(readyz.text().await.unwrap().contains("no usable iam token"));
+    drop(r);
+
+    // --listen localhost:PORT.
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iam-join"))
+        .args(["serve", "--listen", &format!("localhost:{port}"), "--tokens", &tokens.display().to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Ok(resp) = http.get(format!("http://127.0.0.1:{port}/healthz")).send().await
+            && resp.status() == 200
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "serve --listen localhost:{port} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
+use iam_join::FailureClass;
 use iam_join::agent::{ChainIdentity, sign_join_request};
 use serde_json::{Value, json};
 
@@ -17,7 +18,8 @@ const MAX_PRINTED_CHARS: usize = 512;
 
 /// Why one attempt failed: here (exit 2 at once) or at the service (retried within the deadline).
 enum Failure {
-    /// Signing, or a challenge that cannot be a header value: no retry can fix it.
+    /// Signing, a challenge that cannot be a header value, a server name that does not exist:
+    /// no retry can fix it.
     Local(String),
     /// The service could not be reached, or did not answer with JSON.
     Remote(String),
@@ -154,7 +156,16 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value, end: Instant) -> 
     if left.is_zero() {
         return Err(Failure::Remote(format!("{url}: the deadline passed")));
     }
-    let failed = |e: reqwest::Error| Failure::Remote(format!("{url}: {e}"));
+    let failed = |e: reqwest::Error| {
+        let (class, cause) = iam_join::failure_cause(&e);
+        match class {
+            // The resolver says the name does not exist: a typo in --server, not a passing fault.
+            FailureClass::NameResolution { permanent: true } => {
+                Failure::Local(format!("{url}: the server's name does not resolve (no such name): {cause}"))
+            }
+            _ => Failure::Remote(format!("{url}: {} ({}): {cause}", describe(&e), class.as_str())),
+        }
+    };
     let mut answer = http
         .post(url)
         .timeout(left)
@@ -174,6 +185,19 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value, end: Instant) -> 
     serde_json::from_slice(&bytes)
         .map(|v| (status, v))
         .map_err(|_| Failure::Remote(format!("{url}: HTTP {status}, not JSON")))
+}
+
+/// What part of the exchange failed.
+fn describe(e: &reqwest::Error) -> &'static str {
+    if e.is_connect() {
+        "could not connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_body() || e.is_decode() {
+        "the answer broke off"
+    } else {
+        "the exchange failed"
+    }
 }
 
 /// The service's text as it may reach a terminal: control characters (ESC, BEL, CR, LF...) and

@@ -135,6 +135,13 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
         Some(url) => {
             let redis = RedisReplayGuard::new(url).map_err(|e| Usage(format!("--redis: {}", e.detail())))?;
             tracing::info!("single use: in Redis, shared by every replica that uses it");
+            // Said at once, not at the first join; joins fail closed until it answers.
+            if let Err(e) = redis.ping().await {
+                tracing::warn!(
+                    error = %e,
+                    "Redis does not answer: every join fails closed (replay_store_unavailable) and /readyz is 503 until it does"
+                );
+            }
             (Arc::new(redis.clone()), Some(redis))
         }
         None => {

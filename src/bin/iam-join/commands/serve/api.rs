@@ -240,18 +240,20 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response()
 }
 
-/// Ready when the shared store answers (always, without one).
+/// Ready when a join could be allowed: at least one usable iam token, and the shared store (if
+/// any) answers. Plain text, for probes; the reason is in the body and the log.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match &app.redis {
-        Some(redis) => match redis.ping().await {
-            Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-            Err(e) => {
-                tracing::warn!(error = %e, "not ready: Redis does not answer");
-                (StatusCode::SERVICE_UNAVAILABLE, "Redis does not answer\n").into_response()
-            }
-        },
-        None => (StatusCode::OK, "ready\n").into_response(),
+    if app.verifier.tokens().is_empty() {
+        tracing::warn!("not ready: no usable iam token; every join would be refused");
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: no usable iam token\n").into_response();
     }
+    if let Some(redis) = &app.redis
+        && let Err(e) = redis.ping().await
+    {
+        tracing::warn!(error = %e, "not ready: Redis does not answer");
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: Redis does not answer\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 #[cfg(test)]
