@@ -130,9 +130,16 @@ impl Replica {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends `HUP` or `TERM` (a system call: procps's `kill` is not on every machine).
     pub(crate) fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success(), "kill -s {signal} {}", self.name);
+        use rustix::process::{Pid, Signal, kill_process};
+        let sig = match signal {
+            "HUP" => Signal::HUP,
+            "TERM" => Signal::TERM,
+            other => panic!("no such signal in these tests: {other}"),
+        };
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        kill_process(pid, sig).unwrap_or_else(|e| panic!("kill -s {signal} {}: {e}", self.name));
     }
 
     pub(crate) async fn metrics(&self, http: &reqwest::Client) -> String {

@@ -623,3 +623,65 @@ fn challenge_keys_are_created_private_and_serve_refuses_readable_ones() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 19: the emulator plays IRSA. With only the web identity variables (and the SDKs'
+/// `AWS_ENDPOINT_URL_STS` at the emulator), aws-config's web identity provider gets the role's
+/// session from it, `iam-join sign` signs with those credentials, and the emulator answers
+/// GetCallerIdentity for that session. A wrong token gets no credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_hands_a_web_identity_the_roles_session() {
+    use iam_join::emulator::{EmulatedRole, StsEmulator};
+    use iam_join::{EndpointOverride, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
+    let sts = StsEmulator::builder()
+        .role(EmulatedRole {
+            role_arn: "arn:aws:iam::111111111111:role/teleport-kube-agent".into(),
+            role_id: "AROAEXAMPLEROLE00001".into(),
+            web_identity_token: "the-projected-token".into(),
+        })
+        .start()
+        .await
+        .unwrap();
+    let sign = |token: &'static str, challenge: String| {
+        let url = sts.url();
+        tokio::task::spawn_blocking(move || {
+            let file = tempfile_path::write("web-identity-token", token.as_bytes());
+            bin()
+                .args(["sign", "--challenge", &challenge])
+                .env_clear()
+                .env("AWS_ROLE_ARN", "arn:aws:iam::111111111111:role/teleport-kube-agent")
+                .env("AWS_WEB_IDENTITY_TOKEN_FILE", file.s())
+                .env("AWS_ROLE_SESSION_NAME", "pod-1")
+                .env("AWS_ENDPOINT_URL_STS", url)
+                .env("AWS_REGION", "us-west-2")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("HOME", "/nonexistent")
+                .output()
+                .unwrap()
+        })
+    };
+    let challenge = iam_join::challenge::generate().unwrap();
+    let out = sign("the-projected-token", challenge.clone()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let raw = out.stdout;
+    assert!(String::from_utf8_lossy(&raw).contains("X-Amz-Security-Token: "), "temporary credentials sign it");
+    let tokens = TokenSet::from_yaml(
+        "kind: token\nversion: v2\nmetadata: {name: kube}\nspec: {roles: [Kube], join_method: iam, allow: \
+         [{aws_account: \"111111111111\", aws_arn: \"arn:aws:sts::111111111111:assumed-role/teleport-kube-agent/*\"}]}",
+    )
+    .unwrap();
+    let transport = ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap();
+    let verdict = Verifier::new(tokens, RequestPolicy::new(), transport)
+        .verify("kube", &challenge, &raw, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(verdict.identity().arn().as_str(), "arn:aws:sts::111111111111:assumed-role/teleport-kube-agent/pod-1");
+    assert_eq!(verdict.identity().user_id(), "AROAEXAMPLEROLE00001:pod-1");
+    // Another token: the emulated OIDC provider refuses it, and the chain finds no credentials.
+    let out = sign("someone-elses-token", iam_join::challenge::generate().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("InvalidIdentityToken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

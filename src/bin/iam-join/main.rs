@@ -385,3 +385,19 @@ pub(crate) fn load_tokens(path: &str, name: Option<&str>) -> Result<(TokenSet, S
 pub(crate) fn problem_lines(set: &TokenSet) -> String {
     set.diagnostics().iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_ip_ports_ipv6_and_localhost() {
+        let ok = |s: &str| listen_address(s).ok().map(|a| a.to_string());
+        assert_eq!(ok("127.0.0.1:3080").as_deref(), Some("127.0.0.1:3080"));
+        assert_eq!(ok("[::1]:3099").as_deref(), Some("[::1]:3099"));
+        assert_eq!(ok("localhost:3099").as_deref(), Some("127.0.0.1:3099"));
+        for refused in ["localhost", "example.com:80", "localhost:99999", ":3080"] {
+            assert!(listen_address(refused).is_err(), "{refused}");
+        }
+    }
+}
