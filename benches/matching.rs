@@ -15,6 +15,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use iam_join::Subject;
 use iam_join::{Arn, Rule, RuleMatcher, TokenSet};
 use reference::{PlainRule, Prebuilt, first_match_compiling};
 
@@ -93,14 +94,18 @@ fn match_rules(c: &mut Criterion) {
         // The optimized path must agree with the reference on every benchmarked identity.
         for (acct, arn) in &ids {
             let parsed_acct = arn.account();
-            assert_eq!(matcher.first_match(parsed_acct, arn), prebuilt.first_match(acct, arn.as_str()), "n={n} {arn}");
+            assert_eq!(
+                matcher.first_match(Subject::new(parsed_acct, arn)),
+                prebuilt.first_match(acct, arn.as_str()),
+                "n={n} {arn}"
+            );
         }
         let mut k = 0usize;
         group.bench_with_input(BenchmarkId::new("compiled", n), &n, |b, _| {
             b.iter(|| {
                 k = (k + 1) % ids.len();
                 let (_, arn) = &ids[k];
-                black_box(matcher.first_match(arn.account(), black_box(arn)))
+                black_box(matcher.first_match(Subject::new(arn.account(), black_box(arn))))
             })
         });
         let mut k = 0usize;
@@ -180,8 +185,8 @@ fn organization_rules(c: &mut Criterion) {
     };
     poll(&cache); // fill the cache
     let decide = || {
-        let plain = m.first_match(&account, &arn);
-        let candidates = m.organization_candidates(&account, &arn);
+        let plain = m.first_match(Subject::new(&account, &arn));
+        let candidates = m.organization_candidates(Subject::new(&account, &arn));
         let candidates: Vec<usize> = candidates.into_iter().filter(|&i| plain.is_none_or(|p| i < p)).collect();
         if candidates.is_empty() {
             return plain;
@@ -190,11 +195,11 @@ fn organization_rules(c: &mut Criterion) {
         candidates.into_iter().find(|&i| membership.admits(&token.rules()[i])).or(plain)
     };
     assert_eq!(decide(), Some(1));
-    assert_eq!(m.first_match(&account, &arn), Some(2));
+    assert_eq!(m.first_match(Subject::new(&account, &arn)), Some(2));
     let mut g = c.benchmark_group("organization_rules");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     g.bench_function("plain_account_rule", |b| {
-        b.iter(|| black_box(m.first_match(black_box(&account), black_box(&arn))))
+        b.iter(|| black_box(m.first_match(Subject::new(black_box(&account), black_box(&arn)))))
     });
     g.bench_function("cached_organization_rule", |b| b.iter(|| black_box(decide())));
     g.finish();

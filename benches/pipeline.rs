@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
 use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
+use iam_join::{Challenge, HttpAnswer, Proof};
 use iam_join::{EndpointOverride, RequestPolicy, ReqwestTransport, TokenSet, Verifier, parse_sts_response};
 
 const TOKENS: &str = "kind: token\nversion: v2\nmetadata:\n  name: iam-token\nspec:\n  roles: [Node]\n  join_method: iam\n  allow:\n  - aws_account: \"111111111111\"\n  - aws_arn: \"arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-*\"\n";
@@ -32,13 +33,13 @@ fn response_parse(c: &mut Criterion) {
 }
 
 fn principal() -> EmulatedPrincipal {
-    EmulatedPrincipal {
-        access_key_id: "ASIAIOSFODNN7EXAMPLE".into(),
-        secret_access_key: "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY".into(),
-        session_token: Some("IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN".repeat(20)),
-        arn: "arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-0123456789abcdef0".into(),
-        user_id: "AROAEXAMPLEROLEID0001:i-0123456789abcdef0".into(),
-    }
+    EmulatedPrincipal::new(
+        "ASIAIOSFODNN7EXAMPLE",
+        "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY",
+        Some("IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN".repeat(20)),
+        "arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-0123456789abcdef0",
+        "AROAEXAMPLEROLEID0001:i-0123456789abcdef0",
+    )
 }
 
 fn signed(challenge: &str) -> Vec<u8> {
@@ -50,17 +51,20 @@ fn signed(challenge: &str) -> Vec<u8> {
 
 fn cpu_per_join(c: &mut Criterion) {
     let tokens = TokenSet::from_yaml(TOKENS).unwrap();
-    let v = Verifier::new(tokens, RequestPolicy::new(), ReqwestTransport::new().unwrap());
+    let v = Verifier::builder(tokens).policy(RequestPolicy::new()).transport(ReqwestTransport::new().unwrap()).build();
     let challenge = iam_join::challenge::generate().unwrap();
     let raw = signed(&challenge);
     let answer = br#"{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Account":"333333333333","Arn":"arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-0123456789abcdef0","UserId":"AROAEXAMPLEROLEID0001:i-0123456789abcdef0"},"ResponseMetadata":{"RequestId":"4c0ac7f4-2a9f-4f8a-9c5f-5d3b2a1f0e9d"}}}"#;
+    let answer = HttpAnswer { status: 200, content_type: Some("application/json".into()), body: answer.to_vec() };
     let now = SystemTime::now();
     let mut g = c.benchmark_group("join");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    // Every local check, then STS's answer read and matched: the library's CPU per join.
     g.bench_function("cpu_prepare_conclude", |b| {
         b.iter(|| {
-            let p = v.prepare("iam-token", &challenge, black_box(&raw), now).unwrap();
-            v.conclude(&p, 200, Some("application/json"), black_box(answer)).unwrap()
+            let pending =
+                v.start("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(black_box(&raw)), now).unwrap();
+            pending.single_use_by_caller().conclude(black_box(&answer)).unwrap()
         })
     });
     g.finish();
@@ -74,7 +78,10 @@ fn verify_concurrent(c: &mut Criterion) {
         let sts = StsEmulator::start(vec![principal()]).await.unwrap();
         let transport =
             ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap();
-        let v = Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport);
+        let v = Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap())
+            .policy(RequestPolicy::new())
+            .transport(transport)
+            .build();
         let challenge = iam_join::challenge::generate().unwrap();
         let raw = Arc::new(signed(&challenge));
         (sts, v, Arc::new(challenge), raw)
@@ -90,7 +97,7 @@ fn verify_concurrent(c: &mut Criterion) {
                 let mut lat = Vec::new();
                 while start.elapsed() < Duration::from_secs(3) {
                     let t = Instant::now();
-                    v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap();
+                    v.verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now()).await.unwrap();
                     lat.push(t.elapsed());
                 }
                 lat
@@ -123,7 +130,9 @@ fn verify_concurrent(c: &mut Criterion) {
                 for _ in 0..CONCURRENCY {
                     let (v, challenge, raw) = (v.clone(), challenge.clone(), raw.clone());
                     tasks.push(tokio::spawn(async move {
-                        v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap()
+                        v.verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now())
+                            .await
+                            .unwrap()
                     }));
                 }
                 for t in tasks {

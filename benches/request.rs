@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::{Duration, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use iam_join::{RequestPolicy, StsRequest};
+use iam_join::{ForwardedRequest, RequestPolicy};
 
 fn parse_request(c: &mut Criterion) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/requests/");
@@ -15,11 +15,11 @@ fn parse_request(c: &mut Criterion) {
     let now = UNIX_EPOCH + Duration::from_secs(1_795_878_000);
     let policy = RequestPolicy::new();
     assert!((1200..1400).contains(&raw.len()), "{} bytes", raw.len());
-    StsRequest::parse(&raw, &challenge, &policy, now).unwrap();
+    ForwardedRequest::parse(&raw, &challenge, &policy, now).unwrap();
     let mut group = c.benchmark_group("request");
     group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     group.bench_function("parse_validate/teleport_1302_bytes", |b| {
-        b.iter(|| StsRequest::parse(black_box(&raw), black_box(&challenge), &policy, now).unwrap())
+        b.iter(|| ForwardedRequest::parse(black_box(&raw), black_box(&challenge), &policy, now).unwrap())
     });
     group.finish();
 }

@@ -8,31 +8,43 @@
 //! STS endpoint over verified TLS, reads STS's answer without leniency, and matches the identity
 //! against the token's allow rules with Teleport's semantics.
 //!
-//! The one type an auth server needs is [`Verifier`]: build it once from a [`TokenSet`] and a
-//! [`RequestPolicy`], share it, and call [`Verifier::verify`] per join.
+//! The one type an auth server needs is [`Verifier`]: build it once, share it, and call
+//! [`Verifier::verify`] per join.
 //!
 //! ```no_run
 //! use std::time::SystemTime;
-//! use iam_join::{RequestPolicy, ReqwestTransport, TokenSet, Verifier};
+//! use iam_join::{Challenge, Proof, ReqwestTransport, TokenSet, Verifier};
 //! # async fn join(raw_request: &[u8]) -> Result<(), iam_join::Error> {
 //! // Every valid iam token of the file, whatever its other tokens hold (see `diagnostics`).
-//! let tokens = TokenSet::load(&std::fs::read_to_string("tokens.yaml").unwrap());
-//! let verifier = Verifier::new(tokens, RequestPolicy::new(), ReqwestTransport::new()?);
+//! let tokens = TokenSet::load_file("tokens.yaml")?;
+//! let verifier = Verifier::builder(tokens).transport(ReqwestTransport::new()?).build();
 //! let challenge = iam_join::challenge::generate().unwrap(); // issue it, once, per join
-//! match verifier.verify("iam-token", &challenge, raw_request, SystemTime::now()).await {
+//! match verifier.verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(raw_request), SystemTime::now()).await {
 //!     Ok(verdict) => println!("{} joins as {:?}", verdict.identity().arn(), verdict.roles()),
 //!     Err(e) => println!("refused: {} ({e})", e.kind()), // e.identity() is kept for audit
 //! }
 //! # Ok(()) }
 //! ```
 //!
-//! ## Your own HTTP stack: the sans-IO state machine
+//! ## The layers, and the state machine every caller goes through
 //!
-//! [`Verifier::prepare`] (no network) → send [`Prepared::request`] → [`Verifier::conclude`] →
-//! [`Concluded::Allowed`], or [`Concluded::NeedsMembership`] when an organization rule must
-//! decide → look the account up → [`Verifier::resume`]. [`Verifier::verify_with`] runs the same
-//! machine around your send function and keeps the retries, the deadline, the span and the
-//! organization lookups. This loop runs against the SigV4-checking emulator:
+//! The crate is layered, and the folders of its source say so (a test reads them): the pure
+//! **core** (`core/`: tokens, rules, the matcher, the proofs, STS's answers, challenges; `now` is
+//! a parameter, no clock or network), the sans-IO **state machine** (`machine/`), the **I/O edge**
+//! (`io/`, feature `io`: the transport, the replay guards, the Organizations client, the async
+//! driver), and the features (`agent/`, `emulator/`, `wire/`), which use only what is below.
+//!
+//! A join moves through states that consume each other, as rustls's do, so no step can be
+//! skipped: [`Verifier::start`] checks the challenge, the proof and the token (no network) and
+//! gives a [`PendingClaim`]; single use is decided on it ([`PendingClaim::claimed`] with what a
+//! replay guard answered, [`PendingClaim::claim`] with a [`ReplayGuard`], or, explicitly,
+//! [`PendingClaim::single_use_by_caller`]), which gives a [`Claimed`]; only a [`Claimed`] has a
+//! [`Replay`] to send; [`Claimed::conclude`] reads STS's answer into [`Concluded::Allowed`], or
+//! [`Concluded::NeedsMembership`] when an organization rule must decide
+//! ([`MembershipQuery::resume`]). [`Verifier::verify`] drives exactly these states, adding the
+//! claim, retries inside a deadline and the proof's freshness window, organization lookups and
+//! the span. Driven by hand, with any HTTP client (here the crate's own, against the
+//! SigV4-checking emulator):
 //!
 //! ```
 //! # #[cfg(all(feature = "agent", feature = "emulator"))]
@@ -40,28 +52,27 @@
 //! use std::time::SystemTime;
 //! use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
 //! use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
-//! use iam_join::{Concluded, EndpointOverride, RequestPolicy, ReqwestTransport, StsTransport, TokenSet, Verifier};
+//! use iam_join::{AwsCall, AwsTransport, Challenge, ClaimResult, Concluded, EndpointOverride};
+//! use iam_join::{Proof, ReqwestTransport, TokenSet, Verifier};
 //!
-//! let sts = StsEmulator::start(vec![EmulatedPrincipal {
-//!     access_key_id: "AKIAEXAMPLEKEY000001".into(),
-//!     secret_access_key: "example-secret".into(),
-//!     session_token: None,
-//!     arn: "arn:aws:iam::111111111111:user/ci".into(),
-//!     user_id: "AIDAEXAMPLEUSERID0001".into(),
-//! }]).await.unwrap();
+//! let sts = StsEmulator::start(vec![EmulatedPrincipal::new(
+//!     "AKIAEXAMPLEKEY000001", "example-secret", None,
+//!     "arn:aws:iam::111111111111:user/ci", "AIDAEXAMPLEUSERID0001",
+//! )]).await.unwrap();
 //! let tokens = TokenSet::from_yaml("kind: token\nversion: v2\nmetadata: {name: ci}\n\
 //!     spec: {roles: [Node], join_method: iam, allow: [{aws_account: \"111111111111\"}]}")?;
-//! let verifier = Verifier::sans_io(tokens, RequestPolicy::new());
-//! // Any HTTP client will do; here the crate's own, pointed at the emulator.
+//! let verifier = Verifier::builder(tokens).build(); // no transport: driven by hand
 //! let http = ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build()?;
 //!
 //! let challenge = iam_join::challenge::generate().unwrap();
 //! let agent = Credentials::new("AKIAEXAMPLEKEY000001", "example-secret", None);
 //! let raw = sign_join_request(&agent, &JoinRequest::new(&challenge), SystemTime::now())?;
 //!
-//! let prepared = verifier.prepare("ci", &challenge, &raw, SystemTime::now())?;
-//! let answer = http.send(prepared.request()).await?; // your round trip
-//! let verdict = match verifier.conclude(&prepared, answer.status, answer.content_type.as_deref(), &answer.body)? {
+//! let pending = verifier.start("ci", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now())?;
+//! // Your replay guard: claim pending.claim_key() until pending.claim_until(); here, a first claim.
+//! let claimed = pending.claimed(ClaimResult::Claimed)?;
+//! let answer = http.call(AwsCall::replay(claimed.replay())).await?; // your round trip
+//! let verdict = match claimed.conclude(&answer)? {
 //!     Concluded::Allowed(verdict) => verdict,
 //!     Concluded::NeedsMembership(query) => unreachable!("no organization rule: {query:?}"),
 //! };
@@ -70,18 +81,40 @@
 //! # }).unwrap();
 //! ```
 //!
+//! ## Proof formats: the extension point
+//!
+//! A [`Proof`] is what the agent sent; today the forwarded request ([`Proof::Forwarded`], the
+//! raw signed POST Teleport agents send). A format is one module under `core/proof/` that turns
+//! the format's bytes into a checked value (its endpoint, its signing time, the challenge it
+//! signed, and the [`Replay`] STS must answer), plus one variant of [`Proof`] and of the checked
+//! proof the machine matches on. Tokens, rules, matching, the claim, the verdict and the error
+//! kinds are shared, so a rule admits the same principals whatever the proof. The transport
+//! sends a [`Replay`] as it is ([`AwsCall::replay`]), whatever its method and target.
+//!
+//! ## Configuration
+//!
+//! [`Verifier::builder`] takes the tokens; the builder takes the [`RequestPolicy`] (trusted
+//! endpoints, the challenge header, the clock skew), the challenge key ring, and with feature
+//! `io` the transport, the replay guard, the Organizations client, the retries and the
+//! deadline. [`VerifierBuilder::build`] makes an immutable configuration shared by every clone;
+//! the token set is the one thing that changes at run time, through
+//! [`Verifier::replace_tokens`], which reaches every clone.
+//!
 //! ## Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `io` | yes | the reqwest/rustls transport, the Organizations client and cache, [`Verifier::verify`] and [`Verifier::verify_with`]. Without it the crate is the pure core and the state machine: no tokio, reqwest, hyper, rustls or ring |
-//! | `http` | no | conversions between [`StsRequest`]/[`StsResponse`] and the `http` crate's `Request`/`Response` |
+//! | `io` | yes | the reqwest/rustls transport, the replay guards, the Organizations client and cache, [`Verifier::verify`]. Without it the crate is the core and the state machine: no tokio, reqwest, hyper, rustls or ring |
+//! | `sign` | with `io` or `agent` | SigV4 signing with aws-sigv4, for the agent and the Organizations lookups |
+//! | `http` | no | [`Replay::to_http`] and `HttpAnswer: From<http::Response<Vec<u8>>>` |
 //! | `redis` | no | `RedisReplayGuard`: single use across replicas that share a Redis |
-//! | `serialize` | no | `serde::Serialize` for [`Verdict`], [`CallerIdentity`], [`ErrorKind`] and [`Role`] |
-//! | `agent` | no | `agent::sign_join_request`: the joining side, signed with `aws-sigv4`, written like Go's `Request.Write`; `agent::AwsChain`: credentials and region from `aws-config`'s default chain (environment, profiles, IRSA web identity, EKS Pod Identity, ECS, IMDSv2) |
-//! | `emulator` | no | `emulator::StsEmulator`: a loopback STS that checks SigV4, for tests and demos |
-//! | `cli` | no | the `iam-join` command |
-//! | `serve` | no | `iam-join serve`, the join service: challenges, joins, Prometheus metrics, reloads (a binary feature; no library API) |
+//! | `serialize` | no | `serde::Serialize` for [`CallerIdentity`], [`ErrorKind`] and [`Role`] |
+//! | `wire` | no | `wire`: the join service's typed requests and answers, and what a refused client is told |
+//! | `agent` | no | `agent`: the AWS credential chain (aws-config: environment, profiles, IRSA web identity, EKS Pod Identity, ECS, IMDSv2), `sign_join_request` (Go's `Request.Write` layout), `JoinClient` (the client of the join service) |
+//! | `emulator` | no | `emulator::StsEmulator`: a loopback STS that checks SigV4 and plays IRSA, for tests, demos and trying the crate offline |
+//!
+//! The `iam-join` command and the join service (`iam-join serve`) are the workspace's
+//! `iam-join-cli` package: this library carries none of their dependencies.
 //!
 //! ## Errors
 //!
@@ -89,89 +122,87 @@
 //! `untrusted_endpoint`, `challenge_mismatch`, `request_expired`, `signature_rejected`,
 //! `sts_unavailable` (retryable), `sts_response_invalid`, `not_allowed`, `lookup_failed`, and,
 //! with a replay guard, `challenge_replayed` and `replay_store_unavailable` (retryable; the join
-//! fails closed). `config_invalid` is not a join outcome: it reports a setup mistake (a verifier without a
-//! transport, an issued challenge shorter than [`challenge::MIN_CHALLENGE_LEN`], bad builder
-//! values, missing credentials), so that per-kind dashboards of joins stay true.
+//! fails closed). `config_invalid` is not a join outcome: it reports a setup mistake (a verifier
+//! without a transport, an issued challenge shorter than [`challenge::MIN_CHALLENGE_LEN`], a
+//! keyed challenge without a key ring, bad builder or policy values, missing credentials, a
+//! region without an STS endpoint), so that per-kind dashboards of joins stay true.
 //!
-//! **What to show a joining client.** The kind is safe to return. [`Error::detail`] is for the
-//! server's log: it can tell whether a token name exists and of which join method it is, name
-//! the server's endpoint policy, and echo the agent's identity. Return a fixed message per kind
-//! (and, at most, whether the kind is retryable); never return `detail`, [`Error::sts_error`] or
-//! [`Error::problems`]. No error ever holds a signature, a session token, a secret key, a whole
-//! `Authorization` value or the challenge.
+//! **What to show a joining client** is [`Error::client_message`] (with the kind and
+//! [`Error::is_retryable`]; `wire::Refusal` is that, serialized): a fixed text per kind, plus,
+//! only for the checks of the client's own request, what was wrong with it (which header, which
+//! challenge field, how old). It never names the server's endpoint policy, its rules or which
+//! tokens exist. [`Error::detail`] is for the server's log: it can tell whether a token name
+//! exists and of which join method it is, name the endpoint policy, and echo the agent's
+//! identity; never return it, [`Error::sts_error`] or [`Error::problems`] to a client. No error
+//! ever holds a signature, a session token, a secret key, a whole `Authorization` value or the
+//! challenge.
 //!
 //! ## Observability contract
 //!
-//! [`Verifier::verify`] and [`Verifier::verify_with`] run inside one `tracing` span named
-//! `iam_join.verify`, retries and transport included. Its field names are stable:
+//! [`Verifier::verify`] runs inside one `tracing` span named `iam_join.verify`, retries and
+//! transport included. Its field names are stable:
 //!
 //! | field | value |
 //! |---|---|
 //! | `token` | the token name the agent sent, at most 128 characters |
 //! | `outcome` | `allowed`, or the refusal's kind |
-//! | `endpoint` | the STS host the request is signed for |
+//! | `endpoint` | the STS host the proof is signed for |
 //! | `sts_request_id` | STS's request id, when allowed |
 //! | `attempts` | STS exchanges made |
 //! | `prepare_us`, `sts_us`, `total_us` | time in the local checks (recorded for refusals too), waiting for STS, and in all |
 //!
 //! Inside it: an `info` event `join allowed` (`arn`, `rule`, `elapsed_us`) or `join refused`
 //! (`error`, `elapsed_us`), and a `debug` event `retrying STS` (`attempt`, `error`, `backoff_ms`)
-//! per retry. Used on their own, [`Verifier::prepare`] and [`Verifier::conclude`] emit the
-//! spans `iam_join.prepare` (`token`, `outcome`) and `iam_join.conclude` (`outcome`).
+//! per retry. Driven by hand, [`Verifier::start`] and [`Claimed::conclude`] emit the spans
+//! `iam_join.prepare` (`token`, `outcome`) and `iam_join.conclude` (`outcome`).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 #[cfg(feature = "agent")]
 pub mod agent;
-mod arn;
-pub mod challenge;
-mod credentials;
+mod core;
 #[cfg(feature = "emulator")]
 pub mod emulator;
-mod endpoint;
-mod error;
-mod files;
-mod identity;
-mod matcher;
-mod membership;
-#[cfg(feature = "io")]
-pub mod organizations;
-#[cfg(feature = "io")]
-mod replay;
-mod request;
-mod response;
-mod rule;
-mod sigv4;
-mod token;
-mod token_file;
-#[cfg(feature = "io")]
-mod transport;
-mod verifier;
+mod io;
+mod machine;
+#[cfg(feature = "wire")]
+pub mod wire;
 
-pub use arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Service};
-pub use credentials::Credentials;
-pub use endpoint::{Endpoint, EndpointPolicy, FipsMode};
-pub use error::{Error, ErrorKind, Problem, Severity, StsErrorInfo};
-pub use identity::CallerIdentity;
-pub use matcher::{Check, Explanation, RuleMatcher, RuleOutcome};
-pub use membership::Membership;
+pub use crate::core::challenge;
+#[cfg(feature = "io")]
+pub use crate::io::organizations;
+
+pub use crate::core::arn::{AccountId, Arn, ArnError, MAX_ARN_LEN, Partition, Principal, Service};
+pub use crate::core::challenge::Challenge;
+pub use crate::core::endpoint::{Endpoint, EndpointPolicy, FipsMode};
+pub use crate::core::error::{Error, ErrorKind, Problem, Severity, StsErrorInfo};
+pub use crate::core::identity::CallerIdentity;
+pub use crate::core::matcher::{Check, Explanation, RuleMatcher, RuleOutcome, Subject};
+pub use crate::core::membership::Membership;
+pub use crate::core::proof::forwarded::{ForwardedRequest, GET_CALLER_IDENTITY_BODY, MAX_HEAD_BYTES, MAX_HEADERS};
+pub use crate::core::proof::policy::{MAX_CLOCK_SKEW, RequestPolicy};
+pub use crate::core::proof::{Method, Proof, Replay};
+pub use crate::core::response::{
+    HttpAnswer, MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer, parse_sts_response,
+};
+pub use crate::core::rule::{MAX_ARN_PATTERN_LEN, OrganizationalUnits, OuInclude, Rule};
+pub use crate::core::token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, Role, Token, TokenSet};
+#[cfg(feature = "sign")]
+pub use crate::io::credentials::Credentials;
+#[cfg(feature = "io")]
+pub use crate::io::driver::{DEFAULT_DEADLINE, DEFAULT_RETRIES};
 #[cfg(feature = "redis")]
-pub use replay::RedisReplayGuard;
+pub use crate::io::replay::RedisReplayGuard;
 #[cfg(feature = "io")]
-pub use replay::{DEFAULT_REPLAY_GUARD_ENTRIES, MemoryReplayGuard, ReplayGuard};
-pub use request::{GET_CALLER_IDENTITY_BODY, MAX_CLOCK_SKEW, MAX_HEAD_BYTES, MAX_HEADERS, RequestPolicy, StsRequest};
-pub use response::{
-    MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer, StsResponse, parse_sts_response,
-};
-pub use rule::{MAX_ARN_PATTERN_LEN, OrganizationalUnits, OuInclude, Rule};
-pub use token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, Role, Token, TokenSet};
+pub use crate::io::replay::{DEFAULT_REPLAY_GUARD_ENTRIES, MemoryReplayGuard, ReplayGuard};
 #[cfg(feature = "io")]
-pub use transport::{
-    AwsCall, AwsTransport, BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride, FailureClass,
-    ReqwestTransport, ReqwestTransportBuilder, StsTransport, TrustRoots, failure_cause,
+pub use crate::io::transport::{
+    AwsCall, AwsService, AwsTransport, BoxFuture, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EndpointOverride,
+    FailureClass, ReqwestTransport, ReqwestTransportBuilder, TrustRoots, failure_cause,
 };
-pub use verifier::{Concluded, DEFAULT_DEADLINE, DEFAULT_RETRIES, MembershipQuery, Prepared, Verdict, Verifier};
+pub use crate::machine::states::{ClaimResult, Claimed, Concluded, MembershipQuery, PendingClaim, Verdict};
+pub use crate::machine::verifier::{Verifier, VerifierBuilder};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

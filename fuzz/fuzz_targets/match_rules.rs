@@ -2,6 +2,7 @@
 //! disagreement is a crash. Input: first line an ARN, then one rule per line as
 //! `ACCOUNT|PATTERN` (either side may be empty).
 #![no_main]
+use iam_join::{Subject};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../../tests/common/reference.rs"]
@@ -27,6 +28,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let matcher = iam_join::RuleMatcher::compile(rules).expect("rules compile");
     let want = reference::first_match_compiling(&plain, arn.account().as_str(), arn.as_str());
-    assert_eq!(matcher.first_match(arn.account(), &arn), want, "rules {plain:?} arn {arn}");
-    assert_eq!(matcher.explain(arn.account(), &arn).matched, want);
+    assert_eq!(matcher.first_match(Subject::new(arn.account(), &arn)), want, "rules {plain:?} arn {arn}");
+    assert_eq!(matcher.explain(Subject::new(arn.account(), &arn)).matched, want);
 });

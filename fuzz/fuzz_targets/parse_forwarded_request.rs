@@ -10,10 +10,10 @@ const CHALLENGE: &str = include_str!("../../tests/vectors/requests/CHALLENGE");
 fuzz_target!(|data: &[u8]| {
     let now = UNIX_EPOCH + Duration::from_secs(1_795_878_000);
     let policy = iam_join::RequestPolicy::new();
-    if let Ok(req) = iam_join::StsRequest::parse(data, CHALLENGE, &policy, now) {
-        let again = iam_join::StsRequest::parse(&req.to_http1(), CHALLENGE, &policy, now).expect("rebuilt request re-parses");
+    if let Ok(req) = iam_join::ForwardedRequest::parse(data, CHALLENGE, &policy, now) {
+        let again = iam_join::ForwardedRequest::parse(&req.replay().to_http1(), CHALLENGE, &policy, now).expect("rebuilt request re-parses");
         assert_eq!(again, req);
-        assert_eq!(req.body(), iam_join::GET_CALLER_IDENTITY_BODY);
-        assert!(req.headers().any(|(n, v)| n == "host" && v == req.endpoint().host()));
+        assert_eq!(req.replay().body(), iam_join::GET_CALLER_IDENTITY_BODY);
+        assert!(req.replay().headers().any(|(n, v)| n == "host" && v == req.endpoint().host()));
     }
 });

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use iam_join::ErrorKind::{self, *};
+use iam_join::Proof;
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
 use iam_join::challenge::{Challenge, ChallengeKey, ChallengeKeys};
 use iam_join::{MemoryReplayGuard, Verifier};
@@ -159,7 +160,7 @@ fn agent() -> Credentials {
 async fn keyed_challenges_in_another_spelling_are_refused_before_anything_is_sent() {
     let sts = FakeSts::start().await;
     let guard = Arc::new(MemoryReplayGuard::default());
-    let v: Verifier = sts.verifier().challenge_keys(ring()).replay_guard(guard.clone());
+    let v: Verifier = sts.builder().challenge_keys(ring()).replay_guard(guard.clone()).build();
     let now = SystemTime::now();
     let issued = ring().issue("iam-token", now).unwrap();
     let fields: Vec<&str> = issued.split('.').collect();
@@ -170,7 +171,7 @@ async fn keyed_challenges_in_another_spelling_are_refused_before_anything_is_sen
         let raw = sign_join_request(&agent(), &JoinRequest::new(&spelled), now).unwrap();
         for (path, challenge) in [("envelope", Challenge::Keyed(&spelled)), ("in request", Challenge::KeyedInRequest)] {
             let before = sts.requests();
-            let result = v.verify_challenge("iam-token", challenge, &raw, now).await;
+            let result = v.verify("iam-token", challenge, Proof::Forwarded(&raw), now).await;
             let outcome = match result {
                 Ok(verdict) => Err(format!("{path}: ALLOWED as {}", verdict.identity().arn().as_str())),
                 Err(e) if e.kind() != case.want => Err(format!("{path}: kind {} (want {})", e.kind(), case.want)),
@@ -188,9 +189,9 @@ async fn keyed_challenges_in_another_spelling_are_refused_before_anything_is_sen
     }
     // Positive control: the issued spelling joins once, then is a replay, on either path.
     let raw = sign_join_request(&agent(), &JoinRequest::new(&issued), now).unwrap();
-    let first = v.verify_challenge("iam-token", Challenge::Keyed(&issued), &raw, now).await;
+    let first = v.verify("iam-token", Challenge::Keyed(&issued), Proof::Forwarded(&raw), now).await;
     assert!(first.is_ok(), "the issued spelling is allowed: {first:?}");
-    let again = v.verify_challenge("iam-token", Challenge::KeyedInRequest, &raw, now).await.unwrap_err();
+    let again = v.verify("iam-token", Challenge::KeyedInRequest, Proof::Forwarded(&raw), now).await.unwrap_err();
     assert_eq!(again.kind(), ChallengeReplayed);
     assert_eq!(sts.requests(), 1, "only the allowed join reached STS");
     assert_eq!(guard.len(), 1, "one claim for one issued challenge, however it was spelled");
@@ -202,17 +203,17 @@ async fn keyed_challenges_in_another_spelling_are_refused_before_anything_is_sen
 #[tokio::test]
 async fn a_keyed_claim_ends_when_the_challenge_expires() {
     let sts = FakeSts::start().await;
-    let v: Verifier = sts.verifier().challenge_keys(ring());
+    let v: Verifier = sts.builder().challenge_keys(ring()).build();
     let now = SystemTime::now();
     let (issued, expires) = ring().issue_with_expiry("iam-token", now).unwrap();
     let raw = sign_join_request(&agent(), &JoinRequest::new(&issued), now).unwrap();
-    let prepared = v.prepare_challenge("iam-token", Challenge::Keyed(&issued), &raw, now).unwrap();
+    let prepared = v.start("iam-token", Challenge::Keyed(&issued), Proof::Forwarded(&raw), now).unwrap();
     assert_eq!(prepared.claim_until(), expires);
     assert!(expires <= now + Duration::from_secs(301));
     // A plain challenge's claim lasts the freshness window.
     let plain = iam_join::challenge::generate().unwrap();
     let raw = sign_join_request(&agent(), &JoinRequest::new(&plain), now).unwrap();
-    let prepared = v.prepare("iam-token", &plain, &raw, now).unwrap();
+    let prepared = v.start("iam-token", Challenge::Plain(&plain), Proof::Forwarded(&raw), now).unwrap();
     let window = prepared.claim_until().duration_since(now).unwrap();
     assert!(window > Duration::from_secs(899) && window <= Duration::from_secs(900), "{window:?}");
 }

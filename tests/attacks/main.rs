@@ -21,7 +21,8 @@ mod tokens;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
+use iam_join::{Challenge, Proof};
+use iam_join::{EndpointOverride, ErrorKind, ReqwestTransport, TokenSet, Verifier, VerifierBuilder};
 use tokio::io::AsyncWriteExt;
 
 use crate::loopback::Loopback;
@@ -156,12 +157,17 @@ impl FakeSts {
 
     /// A verifier whose only way out is this fake STS. No retries, so counts are exact.
     pub(crate) fn verifier(&self) -> Verifier {
+        self.builder().build()
+    }
+
+    /// [`FakeSts::verifier`] to configure further.
+    pub(crate) fn builder(&self) -> VerifierBuilder {
         let transport = ReqwestTransport::builder()
             .endpoint_override(EndpointOverride::Url(self.server.url()))
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap();
-        Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport).retries(0)
+        Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap()).transport(transport).retries(0)
     }
 }
 
@@ -211,7 +217,7 @@ pub(crate) async fn expect_refusal(
     place: Where,
 ) -> Result<(), String> {
     let before = sts.requests();
-    let result = v.verify(token, &challenge(), raw, signed_at()).await;
+    let result = v.verify(token, Challenge::Plain(&challenge()), Proof::Forwarded(raw), signed_at()).await;
     let sent = sts.requests() - before;
     let err = match result {
         Ok(verdict) => return Err(format!("ALLOWED as {}", verdict.identity().arn().as_str())),

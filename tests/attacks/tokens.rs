@@ -1,6 +1,7 @@
 //! Hostile provision tokens (YAML an attacker or a careless operator could load), and token
 //! names a joining agent could send. Every one is refused before any network work.
 
+use iam_join::Subject;
 use iam_join::{ErrorKind, Severity, TokenSet};
 
 use crate::{FakeSts, Report, Where, expect_refusal, teleport_request};
@@ -235,7 +236,7 @@ fn check(case: &Case) -> Result<(), String> {
             }
             for arn in AIMED_AT {
                 let arn = iam_join::Arn::parse(arn).unwrap();
-                if token.matcher().first_match(arn.account(), &arn).is_some() {
+                if token.matcher().first_match(Subject::new(arn.account(), &arn)).is_some() {
                     return Err(format!("the never-matching rule admits {arn}"));
                 }
             }
@@ -261,7 +262,7 @@ fn every_hostile_token_file_is_stopped_by_its_own_check() {
     // label slot the parser cases use is read and accepted when benign.
     let plain = TokenSet::from_yaml(&token(ACCOUNT)).unwrap();
     let arn = iam_join::Arn::parse(AIMED_AT[1]).unwrap();
-    assert!(plain.get("t").unwrap().matcher().first_match(arn.account(), &arn).is_some());
+    assert!(plain.get("t").unwrap().matcher().first_match(Subject::new(arn.account(), &arn)).is_some());
     assert!(TokenSet::from_yaml(&token_with_labels("{a: &a [x], b: [*a]}", ACCOUNT)).is_ok());
 }
 

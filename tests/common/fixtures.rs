@@ -12,27 +12,27 @@ pub(crate) const ROLE_TOKEN: &str = "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN////////
 
 pub(crate) fn principals() -> Vec<EmulatedPrincipal> {
     vec![
-        EmulatedPrincipal {
-            access_key_id: USER_KEY.into(),
-            secret_access_key: USER_SECRET.into(),
-            session_token: None,
-            arn: "arn:aws:iam::111111111111:user/ci-deployer".into(),
-            user_id: "AIDAEXAMPLEUSERID0001".into(),
-        },
-        EmulatedPrincipal {
-            access_key_id: ROLE_KEY.into(),
-            secret_access_key: ROLE_SECRET.into(),
-            session_token: Some(ROLE_TOKEN.into()),
-            arn: "arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-0123456789abcdef0".into(),
-            user_id: "AROAEXAMPLEROLEID0001:i-0123456789abcdef0".into(),
-        },
-        EmulatedPrincipal {
-            access_key_id: "AKIAOTHERACCOUNT0001".into(),
-            secret_access_key: "other-secret".into(),
-            session_token: None,
-            arn: "arn:aws:iam::999999999999:user/stranger".into(),
-            user_id: "AIDAEXAMPLEUSERID0009".into(),
-        },
+        EmulatedPrincipal::new(
+            USER_KEY,
+            USER_SECRET,
+            None,
+            "arn:aws:iam::111111111111:user/ci-deployer",
+            "AIDAEXAMPLEUSERID0001",
+        ),
+        EmulatedPrincipal::new(
+            ROLE_KEY,
+            ROLE_SECRET,
+            Some(ROLE_TOKEN.to_owned()),
+            "arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-0123456789abcdef0",
+            "AROAEXAMPLEROLEID0001:i-0123456789abcdef0",
+        ),
+        EmulatedPrincipal::new(
+            "AKIAOTHERACCOUNT0001",
+            "other-secret",
+            None,
+            "arn:aws:iam::999999999999:user/stranger",
+            "AIDAEXAMPLEUSERID0009",
+        ),
     ]
 }
 

@@ -1,19 +1,23 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-#[cfg(all(feature = "agent", feature = "emulator"))]
 pub(crate) mod fixtures;
 pub(crate) mod loopback;
+pub(crate) mod organizations;
 pub(crate) mod redis;
 pub(crate) mod reference;
-#[cfg(feature = "serve")]
-pub(crate) mod service;
 
 use std::path::PathBuf;
 
+/// The repository's root: the library's package, whichever package's tests ask.
+pub(crate) fn repository() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors().find(|p| p.join("tests/vectors").is_dir()).map_or(here.clone(), PathBuf::from)
+}
+
 /// The folder of one kind of test vector, e.g. `vectors("tokens/invalid")`.
 pub(crate) fn vectors(kind: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(kind)
+    repository().join("tests/vectors").join(kind)
 }
 
 /// Every file in a vector folder, sorted, with its contents.

@@ -2,7 +2,7 @@
 //!
 //! `tests/vectors/endpoints/botocore-sts.json` is extracted from botocore by
 //! `.ci/extract-botocore-sts`. This test derives the table from it and fails when
-//! `src/endpoint_table.rs` differs; `IAM_JOIN_REGENERATE=1 cargo test endpoints` rewrites the file.
+//! `src/core/endpoint_table.rs` differs; `IAM_JOIN_REGENERATE=1 cargo test endpoints` rewrites the file.
 
 use std::collections::BTreeMap;
 
@@ -93,7 +93,7 @@ fn render(meta: &Value, rows: &BTreeMap<String, Row>) -> String {
     s.push_str(
         ") by tests/integration/endpoints.rs.\n// Do not edit: run `IAM_JOIN_REGENERATE=1 cargo test endpoints`.\n\n",
     );
-    s.push_str("use super::Endpoint;\nuse crate::arn::Partition::*;\n\n");
+    s.push_str("use super::Endpoint;\nuse crate::core::arn::Partition::*;\n\n");
     s.push_str("/// Every STS endpoint AWS publishes, sorted by host for binary search.\n");
     s.push_str("pub(super) static STS_ENDPOINTS: &[Endpoint] = &[\n");
     for (host, r) in rows {
@@ -116,15 +116,15 @@ fn table_matches_aws_metadata() {
         serde_json::from_str(&std::fs::read_to_string(vectors("endpoints/botocore-sts.json")).unwrap()).unwrap();
     let rows = derive(&meta);
     let want = render(&meta, &rows);
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/endpoint_table.rs");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core/endpoint_table.rs");
     let have = std::fs::read_to_string(&path).unwrap();
     if have != want {
         if std::env::var_os("IAM_JOIN_REGENERATE").is_some() {
             std::fs::write(&path, &want).unwrap();
-            panic!("src/endpoint_table.rs regenerated: rebuild and run the tests again");
+            panic!("src/core/endpoint_table.rs regenerated: rebuild and run the tests again");
         }
         panic!(
-            "src/endpoint_table.rs has drifted from tests/vectors/endpoints/botocore-sts.json; run `IAM_JOIN_REGENERATE=1 cargo test endpoints`"
+            "src/core/endpoint_table.rs has drifted from tests/vectors/endpoints/botocore-sts.json; run `IAM_JOIN_REGENERATE=1 cargo test endpoints`"
         );
     }
     // The compiled-in table is that same file.

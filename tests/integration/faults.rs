@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use iam_join::agent::{JoinRequest, sign_join_request};
+use iam_join::{Challenge, Proof};
 use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, TrustRoots, Verifier};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,21 +52,24 @@ where
 }
 
 fn verifier(base: String, timeout: Duration) -> Verifier {
+    builder(base, timeout).build()
+}
+
+fn builder(base: String, timeout: Duration) -> iam_join::VerifierBuilder {
     let transport = ReqwestTransport::builder()
         .endpoint_override(EndpointOverride::Url(base))
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout)
         .build()
         .unwrap();
-    Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport)
-        .deadline(Duration::from_secs(5))
+    Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap()).transport(transport).deadline(Duration::from_secs(5))
 }
 
 async fn join(v: &Verifier) -> (Result<iam_join::Verdict, iam_join::Error>, Duration) {
     let challenge = iam_join::challenge::generate().unwrap();
     let raw = sign_join_request(&user(), &JoinRequest::new(&challenge), SystemTime::now()).unwrap();
     let t = Instant::now();
-    let r = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await;
+    let r = v.verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now()).await;
     (r, t.elapsed())
 }
 
@@ -168,7 +172,7 @@ async fn dripping_body_hits_the_timeout() {
         }
     })
     .await;
-    let (r, took) = join(&verifier(format!("http://{addr}/"), Duration::from_millis(1500)).retries(0)).await;
+    let (r, took) = join(&builder(format!("http://{addr}/"), Duration::from_millis(1500)).retries(0).build()).await;
     assert_eq!(r.unwrap_err().kind(), ErrorKind::StsUnavailable);
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
@@ -304,7 +308,11 @@ fn tls_verifier(server: &TlsServer, roots: TrustRoots) -> Verifier {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport).retries(0)
+    Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap())
+        .policy(RequestPolicy::new())
+        .transport(transport)
+        .retries(0)
+        .build()
 }
 
 #[tokio::test]

@@ -4,13 +4,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-#[cfg(feature = "cli")]
-mod cli;
 mod endpoints;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod faults;
-#[cfg(feature = "cli")]
-mod join_client;
 mod layers;
 mod matching;
 #[cfg(all(feature = "agent", feature = "emulator"))]
@@ -24,9 +20,5 @@ mod properties;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod replicas;
 mod requests;
-#[cfg(feature = "serve")]
-mod serve;
-#[cfg(feature = "serve")]
-mod serve_hostile;
 mod sts_responses;
 mod tokens;

@@ -1,5 +1,6 @@
 //! The compiled matcher against the plain reference (one regex per rule, Teleport's way).
 
+use iam_join::Subject;
 use iam_join::{AccountId, Arn, Rule, RuleMatcher};
 use proptest::prelude::*;
 
@@ -90,9 +91,9 @@ proptest! {
             let parsed = Arn::parse(arn).expect("generated ARNs are valid");
             let acct = parsed.account();
             let want = first_match_compiling(&rules, acct.as_str(), arn);
-            prop_assert_eq!(m.first_match(acct, &parsed), want, "rules {:?} arn {}", rules, arn);
+            prop_assert_eq!(m.first_match(Subject::new(acct, &parsed)), want, "rules {:?} arn {}", rules, arn);
             prop_assert_eq!(prebuilt.first_match(acct.as_str(), arn), want);
-            prop_assert_eq!(m.explain(acct, &parsed).matched, want);
+            prop_assert_eq!(m.explain(Subject::new(acct, &parsed)).matched, want);
         }
     }
 }
@@ -128,12 +129,12 @@ fn agrees_on_teleport_cases() {
         let rules = vec![(String::new(), pattern.to_owned())];
         let parsed = Arn::parse(arn).unwrap();
         assert_eq!(first_match_compiling(&rules, parsed.account().as_str(), arn).is_some(), want, "{pattern}");
-        assert_eq!(compile(&rules).first_match(parsed.account(), &parsed).is_some(), want, "{pattern}");
+        assert_eq!(compile(&rules).first_match(Subject::new(parsed.account(), &parsed)).is_some(), want, "{pattern}");
     }
     // A wrong account refuses even when the ARN pattern matches.
     let rules = vec![("999999999999".to_owned(), "arn:aws:iam::*:user/admins-*".to_owned())];
     let parsed = Arn::parse("arn:aws:iam::123456789012:user/admins-1").unwrap();
-    assert_eq!(compile(&rules).first_match(parsed.account(), &parsed), None);
+    assert_eq!(compile(&rules).first_match(Subject::new(parsed.account(), &parsed)), None);
     assert_eq!(first_match_compiling(&rules, "123456789012", parsed.as_str()), None);
     let _ = AccountId::parse("123456789012").unwrap();
 }
@@ -230,7 +231,7 @@ fn matcher_agrees_with_teleport_regex_on_100k_generated_pairs() {
     let (mut pairs, mut matched, mut dot_only_matched) = (0usize, 0usize, 0usize);
     for arn in &arns {
         let parsed = Arn::parse(arn).unwrap();
-        let explanation = m.explain(parsed.account(), &parsed);
+        let explanation = m.explain(Subject::new(parsed.account(), &parsed));
         for (i, re) in regexes.iter().enumerate() {
             let want = re.is_match(arn);
             let got = explanation.rules[i].arn == iam_join::Check::Matched;
@@ -241,7 +242,7 @@ fn matcher_agrees_with_teleport_regex_on_100k_generated_pairs() {
                 usize::from(want && arn.rsplit('/').next().is_some_and(|s| s.bytes().all(|b| b == b'.')));
         }
         let want = prebuilt.first_match(parsed.account().as_str(), arn);
-        assert_eq!(m.first_match(parsed.account(), &parsed), want, "first match for {arn}");
+        assert_eq!(m.first_match(Subject::new(parsed.account(), &parsed)), want, "first match for {arn}");
         assert_eq!(explanation.matched, want);
     }
     assert!(pairs >= 100_000, "{pairs} pairs");

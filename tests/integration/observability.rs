@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use iam_join::agent::{JoinRequest, sign_join_request};
+use iam_join::{Challenge, Proof};
 use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -82,10 +83,14 @@ async fn retries_and_refusals_stay_inside_one_span_with_stable_fields() {
         .connect_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
-    let v = Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport).retries(2);
+    let v = Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap())
+        .policy(RequestPolicy::new())
+        .transport(transport)
+        .retries(2)
+        .build();
     let c = iam_join::challenge::generate().unwrap();
     let raw = sign_join_request(&user(), &JoinRequest::new(&c), SystemTime::now()).unwrap();
-    let e = v.verify("iam-token", &c, &raw, SystemTime::now()).await.unwrap_err();
+    let e = v.verify("iam-token", Challenge::Plain(&c), Proof::Forwarded(&raw), SystemTime::now()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::StsUnavailable);
     {
         let seen = capture.0.lock().unwrap();
@@ -106,7 +111,7 @@ async fn retries_and_refusals_stay_inside_one_span_with_stable_fields() {
     // A refusal in prepare records its timing too; the token name is truncated.
     capture.0.lock().unwrap().spans.clear();
     let long = "t".repeat(10_000);
-    let e = v.verify(&long, &c, &raw, SystemTime::now()).await.unwrap_err();
+    let e = v.verify(&long, Challenge::Plain(&c), Proof::Forwarded(&raw), SystemTime::now()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TokenInvalid);
     let seen = capture.0.lock().unwrap();
     let fields = verify_span(&seen);

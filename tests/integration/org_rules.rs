@@ -4,121 +4,21 @@
 //! another organization, each lookup failure, the cache, and that tokens without organization
 //! rules never call Organizations.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
-use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
+use iam_join::emulator::StsEmulator;
 use iam_join::organizations::OrganizationsClient;
 use iam_join::{
-    Concluded, EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, StsTransport, TokenSet, Verifier,
+    AwsCall, AwsTransport, Concluded, EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier,
 };
-use tokio::io::AsyncWriteExt;
+use iam_join::{Challenge, Proof};
 
-use crate::common::loopback::{self, Loopback};
+use crate::common::loopback::Loopback;
 use tokio::net::TcpListener;
 
-pub(crate) const ORG: &str = "o-abcdefghij";
-const ROOT: &str = "r-ab12";
-const PROD: &str = "ou-ab12-prod0001";
-const PROD_WEB: &str = "ou-ab12-prodweb1";
-const DEV: &str = "ou-ab12-devel001";
-
-/// (account, role name) of each test principal; the key id is derived from the account.
-const ACCOUNTS: &[(&str, &str)] = &[
-    ("222222222222", "web"),     // org, root > prod > prod-web
-    ("333333333333", "api"),     // org, root > prod
-    ("444444444444", "dev"),     // org, root > dev
-    ("555555555555", "lonely"),  // in no organization
-    ("666666666666", "foreign"), // another organization
-];
-
-pub(crate) fn key(account: &str) -> String {
-    format!("AKIA{account}ORG0")
-}
-
-pub(crate) fn principals() -> Vec<EmulatedPrincipal> {
-    ACCOUNTS
-        .iter()
-        .map(|(a, role)| EmulatedPrincipal {
-            access_key_id: key(a),
-            secret_access_key: format!("secret-{a}"),
-            session_token: None,
-            arn: format!("arn:aws:iam::{a}:user/{role}"),
-            user_id: format!("AIDA{a}"),
-        })
-        .collect()
-}
-
-#[derive(Clone, Copy, PartialEq)]
-pub(crate) enum Mode {
-    Normal,
-    Denied,
-    Throttled,
-}
-
-/// A fake Organizations endpoint on the shared loopback server, answering DescribeAccount and
-/// ListParents from a small tree on kept-alive connections.
-pub(crate) async fn organizations(mode: Mode) -> Loopback {
-    let parents: HashMap<&str, (&str, &str)> = HashMap::from([
-        ("222222222222", (PROD_WEB, "ORGANIZATIONAL_UNIT")),
-        (PROD_WEB, (PROD, "ORGANIZATIONAL_UNIT")),
-        ("333333333333", (PROD, "ORGANIZATIONAL_UNIT")),
-        (PROD, (ROOT, "ROOT")),
-        ("444444444444", (DEV, "ORGANIZATIONAL_UNIT")),
-        (DEV, (ROOT, "ROOT")),
-    ]);
-    Loopback::start(move |mut s, request| {
-        let req = String::from_utf8_lossy(&request).to_string();
-        assert!(
-            req.to_ascii_lowercase().contains("authorization: aws4-hmac-sha256 credential=akiaorgreader000000/"),
-            "{req}"
-        );
-        let field = |name: &str| {
-            req.split(&format!("\"{name}\":\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let (status, body) = match mode {
-            Mode::Denied => (400, r#"{"__type":"AccessDeniedException","Message":"no"}"#.to_owned()),
-            Mode::Throttled => {
-                (400, r#"{"__type":"TooManyRequestsException","Message":"slow"}"#.to_owned())
-            }
-            Mode::Normal if req.contains("AWSOrganizationsV20161128.DescribeAccount") => {
-                let a = field("AccountId");
-                match a.as_str() {
-                    "555555555555" => {
-                        (400, r#"{"__type":"AccountNotFoundException","Message":"x"}"#.to_owned())
-                    }
-                    "666666666666" => (
-                        200,
-                        format!(
-                            r#"{{"Account":{{"Arn":"arn:aws:organizations::777777777777:account/o-zzzzzzzzzz/{a}","Id":"{a}"}}}}"#
-                        ),
-                    ),
-                    _ => (
-                        200,
-                        format!(
-                            r#"{{"Account":{{"Arn":"arn:aws:organizations::111111111111:account/{ORG}/{a}","Id":"{a}"}}}}"#
-                        ),
-                    ),
-                }
-            }
-            Mode::Normal => {
-                let child = field("ChildId");
-                // The foreign account's organization has its own root.
-                let (id, kind) = parents.get(child.as_str()).copied().unwrap_or(("r-zz99", "ROOT"));
-                (200, format!(r#"{{"Parents":[{{"Id":"{id}","Type":"{kind}"}}]}}"#))
-            }
-        };
-        let reply = loopback::reply(status, "application/x-amz-json-1.1", body.as_bytes());
-        async move { s.write_all(&reply).await.ok().map(|()| s) }
-    })
-    .await
-}
+use crate::common::organizations::{Mode, ORG, PROD, PROD_WEB, key, organizations, principals};
 
 fn tokens() -> TokenSet {
     TokenSet::from_yaml(&format!(
@@ -187,9 +87,13 @@ async fn setup_both(mode: Mode) -> (StsEmulator, Loopback, Verifier, SansIo) {
         .unwrap();
     let reader = Credentials::new("AKIAORGREADER000000", "org-reader-secret", None);
     let client = Arc::new(OrganizationsClient::new(reader, org_transport));
-    let v = Verifier::with_shared_transport(tokens(), RequestPolicy::new(), sts_transport.clone())
-        .organizations(client.clone());
-    let sans_io = SansIo { v: Verifier::sans_io(tokens(), RequestPolicy::new()), sts: sts_transport, client };
+    let v = Verifier::builder(tokens())
+        .policy(RequestPolicy::new())
+        .shared_transport(sts_transport.clone())
+        .organizations(client.clone())
+        .build();
+    let sans_io =
+        SansIo { v: Verifier::builder(tokens()).policy(RequestPolicy::new()).build(), sts: sts_transport, client };
     (sts, org, v, sans_io)
 }
 
@@ -209,14 +113,14 @@ impl SansIo {
         raw: &[u8],
         now: SystemTime,
     ) -> Result<iam_join::Verdict, iam_join::Error> {
-        let prepared = self.v.prepare(token, c, raw, now)?;
-        let answer = self.sts.send(prepared.request()).await?;
-        match self.v.conclude(&prepared, answer.status, answer.content_type.as_deref(), &answer.body)? {
+        let claimed = self.v.start(token, Challenge::Plain(c), Proof::Forwarded(raw), now)?.single_use_by_caller();
+        let answer = self.sts.call(AwsCall::replay(claimed.replay())).await?;
+        match claimed.conclude(&answer)? {
             Concluded::Allowed(verdict) => Ok(verdict),
             Concluded::NeedsMembership(query) => {
                 let membership = self.client.membership(query.partition(), query.account(), now).await;
                 match membership {
-                    Ok(m) => self.v.resume(query, &m),
+                    Ok(m) => query.resume(&m),
                     Err(e) => Err(e),
                 }
             }
@@ -233,7 +137,7 @@ fn signed(account: &str) -> (String, Vec<u8>) {
 
 async fn join(v: &Verifier, token: &str, account: &str) -> Result<iam_join::Verdict, iam_join::Error> {
     let (c, raw) = signed(account);
-    v.verify(token, &c, &raw, SystemTime::now()).await
+    v.verify(token, Challenge::Plain(&c), Proof::Forwarded(&raw), SystemTime::now()).await
 }
 
 async fn join_sans_io(d: &SansIo, token: &str, account: &str) -> Result<iam_join::Verdict, iam_join::Error> {
@@ -315,15 +219,14 @@ async fn lookup_failures_refuse_with_lookup_failed() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = format!("http://{}/", closed.local_addr().unwrap());
     drop(closed);
-    let v = Verifier::new(
-        tokens(),
-        RequestPolicy::new(),
-        ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap(),
-    )
-    .organizations(OrganizationsClient::new(
-        Credentials::new("AKIAORGREADER000000", "x", None),
-        ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(dead)).build().unwrap(),
-    ));
+    let v = Verifier::builder(tokens())
+        .policy(RequestPolicy::new())
+        .transport(ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap())
+        .organizations(OrganizationsClient::new(
+            Credentials::new("AKIAORGREADER000000", "x", None),
+            ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(dead)).build().unwrap(),
+        ))
+        .build();
     let e = join(&v, "whole-org", "333333333333").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::LookupFailed);
     assert!(e.is_retryable());
@@ -332,11 +235,10 @@ async fn lookup_failures_refuse_with_lookup_failed() {
 #[tokio::test]
 async fn without_a_client_organization_tokens_are_refused_before_network() {
     let sts = StsEmulator::start(principals()).await.unwrap();
-    let v = Verifier::new(
-        tokens(),
-        RequestPolicy::new(),
-        ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap(),
-    );
+    let v = Verifier::builder(tokens())
+        .policy(RequestPolicy::new())
+        .transport(ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap())
+        .build();
     let e = join(&v, "whole-org", "333333333333").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TokenInvalid);
     assert_eq!(sts.requests(), 0);

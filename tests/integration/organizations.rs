@@ -73,16 +73,20 @@ async fn the_organizations_client_uses_any_aws_transport() {
     use std::sync::{Arc, Mutex};
 
     use iam_join::organizations::OrganizationsClient;
-    use iam_join::{AwsCall, AwsTransport, BoxFuture, Error, Membership, StsResponse};
+    use iam_join::{AwsCall, AwsTransport, BoxFuture, Error, HttpAnswer, Membership};
 
     #[derive(Debug, Default)]
     struct Canned(Mutex<Vec<(String, String, String)>>);
     impl AwsTransport for Canned {
-        fn call<'a>(&'a self, call: AwsCall<'a>) -> BoxFuture<'a, Result<StsResponse, Error>> {
+        fn call<'a>(&'a self, call: AwsCall<'a>) -> BoxFuture<'a, Result<HttpAnswer, Error>> {
             let target = call.headers.iter().find(|(n, _)| *n == "x-amz-target").map(|(_, v)| v.to_string());
-            self.0.lock().unwrap().push((call.service.to_owned(), call.host.to_owned(), target.unwrap_or_default()));
+            self.0.lock().unwrap().push((
+                call.service.as_str().to_owned(),
+                call.host.to_owned(),
+                target.unwrap_or_default(),
+            ));
             Box::pin(async {
-                Ok(StsResponse {
+                Ok(HttpAnswer {
                     status: 400,
                     content_type: Some("application/x-amz-json-1.1".into()),
                     body: br#"{"__type":"AccountNotFoundException","Message":"x"}"#.to_vec(),

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
 use iam_join::emulator::StsEmulator;
+use iam_join::{Challenge, Proof};
 use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
 
 use crate::common::fixtures::*;
@@ -18,7 +19,7 @@ pub(crate) async fn setup() -> (StsEmulator, Verifier) {
         .build()
         .unwrap();
     let tokens = TokenSet::from_yaml(TOKENS).unwrap();
-    (sts, Verifier::new(tokens, RequestPolicy::new(), transport))
+    (sts, Verifier::builder(tokens).policy(RequestPolicy::new()).transport(transport).build())
 }
 
 fn sign(creds: &Credentials, join: JoinRequest) -> Vec<u8> {
@@ -30,7 +31,8 @@ async fn allowed_user_by_account_rule_global_xml() {
     let (sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
     let raw = sign(&user(), JoinRequest::new(&challenge));
-    let verdict = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap();
+    let verdict =
+        v.verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now()).await.unwrap();
     assert_eq!(verdict.identity().arn().as_str(), "arn:aws:iam::111111111111:user/ci-deployer");
     assert_eq!(verdict.matched_rule(), 0);
     assert_eq!(verdict.token(), "iam-token");
@@ -51,7 +53,8 @@ async fn allowed_assumed_role_regional_json_like_teleport() {
         ),
         "{text}"
     );
-    let verdict = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap();
+    let verdict =
+        v.verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now()).await.unwrap();
     assert_eq!(verdict.matched_rule(), 1);
     assert_eq!(verdict.identity().account().as_str(), "333333333333");
     assert_eq!(sts.requests(), 1);
@@ -62,7 +65,10 @@ async fn wrong_secret_is_signature_rejected() {
     let (sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
     let raw = sign(&Credentials::new(USER_KEY, "not-the-secret", None), JoinRequest::new(&challenge));
-    let e = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap_err();
+    let e = v
+        .verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::SignatureRejected, "{e}");
     assert_eq!(e.sts_error().unwrap().code, "SignatureDoesNotMatch");
     assert!(!e.to_string().contains("not-the-secret"));
@@ -74,7 +80,10 @@ async fn unknown_access_key_is_signature_rejected() {
     let (_sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
     let raw = sign(&Credentials::new("AKIAUNKNOWNKEY000001", "x", None), JoinRequest::new(&challenge));
-    let e = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap_err();
+    let e = v
+        .verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::SignatureRejected);
     assert_eq!(e.sts_error().unwrap().code, "InvalidClientTokenId");
 }
@@ -87,7 +96,10 @@ async fn challenge_swapped_in_after_signing_is_refused_by_sts() {
     let old = iam_join::challenge::generate().unwrap();
     let new = iam_join::challenge::generate().unwrap();
     let raw = String::from_utf8(sign(&user(), JoinRequest::new(&old))).unwrap().replace(&old, &new);
-    let e = v.verify("iam-token", &new, raw.as_bytes(), SystemTime::now()).await.unwrap_err();
+    let e = v
+        .verify("iam-token", Challenge::Plain(&new), Proof::Forwarded(raw.as_bytes()), SystemTime::now())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::SignatureRejected);
     assert_eq!(sts.requests(), 1);
 }
@@ -98,7 +110,8 @@ async fn other_challenge_is_refused_locally() {
     let issued = iam_join::challenge::generate().unwrap();
     let other = iam_join::challenge::generate().unwrap();
     let raw = sign(&user(), JoinRequest::new(&other));
-    let e = v.verify("iam-token", &issued, &raw, SystemTime::now()).await.unwrap_err();
+    let e =
+        v.verify("iam-token", Challenge::Plain(&issued), Proof::Forwarded(&raw), SystemTime::now()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ChallengeMismatch);
     assert_eq!(sts.requests(), 0, "nothing may leave the process");
 }
@@ -110,7 +123,10 @@ async fn untrusted_host_is_refused_locally() {
     let raw = String::from_utf8(sign(&user(), JoinRequest::new(&challenge)))
         .unwrap()
         .replace("Host: sts.amazonaws.com", "Host: sts.amazonaws.com.evil.example");
-    let e = v.verify("iam-token", &challenge, raw.as_bytes(), SystemTime::now()).await.unwrap_err();
+    let e = v
+        .verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(raw.as_bytes()), SystemTime::now())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::UntrustedEndpoint);
     assert_eq!(sts.requests(), 0);
 }
@@ -120,7 +136,10 @@ async fn identity_matching_no_rule_is_not_allowed_and_kept_for_audit() {
     let (sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
     let raw = sign(&Credentials::new("AKIAOTHERACCOUNT0001", "other-secret", None), JoinRequest::new(&challenge));
-    let e = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap_err();
+    let e = v
+        .verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotAllowed);
     assert_eq!(e.identity().unwrap().arn().as_str(), "arn:aws:iam::999999999999:user/stranger");
     assert_eq!(sts.requests(), 1);
@@ -132,7 +151,8 @@ async fn token_problems_are_refused_before_any_network_work() {
     let challenge = iam_join::challenge::generate().unwrap();
     let raw = sign(&user(), JoinRequest::new(&challenge));
     for token in ["expired-token", "no-such-token"] {
-        let e = v.verify(token, &challenge, &raw, SystemTime::now()).await.unwrap_err();
+        let e =
+            v.verify(token, Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::TokenInvalid, "{token}: {e}");
     }
     assert_eq!(sts.requests(), 0);
@@ -145,7 +165,10 @@ async fn stale_request_is_expired_locally() {
     let raw =
         sign_join_request(&user(), &JoinRequest::new(&challenge), SystemTime::now() - Duration::from_secs(16 * 60))
             .unwrap();
-    let e = v.verify("iam-token", &challenge, &raw, SystemTime::now()).await.unwrap_err();
+    let e = v
+        .verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::RequestExpired);
     assert_eq!(sts.requests(), 0);
 }
@@ -155,15 +178,22 @@ async fn sans_io_prepare_and_conclude() {
     let (_sts, v) = setup().await;
     let challenge = iam_join::challenge::generate().unwrap();
     let raw = sign(&role(), JoinRequest::new(&challenge).region("eu-west-1"));
-    let prepared = v.prepare("iam-token", &challenge, &raw, SystemTime::now()).unwrap();
-    assert_eq!(prepared.request().url(), "https://sts.eu-west-1.amazonaws.com/");
+    let pending =
+        v.start("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now()).unwrap();
+    let claimed = pending.single_use_by_caller();
+    assert_eq!(claimed.replay().url(), "https://sts.eu-west-1.amazonaws.com/");
+    let answer = |content_type: &str, body: Vec<u8>| iam_join::HttpAnswer {
+        status: 200,
+        content_type: Some(content_type.to_owned()),
+        body,
+    };
     let body = std::fs::read(crate::common::vectors("sts/ok_assumed_role.xml")).unwrap();
     // The recorded identity is in account 123456789012, which this token does not allow.
-    let e = v.conclude(&prepared, 200, Some("text/xml"), &body).unwrap_err();
+    let e = claimed.conclude(&answer("text/xml", body)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotAllowed);
     assert_eq!(e.identity().unwrap().account().as_str(), "123456789012");
     let body = br#"{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Account":"333333333333","Arn":"arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-1","UserId":"AROAEXAMPLEROLEID0001:i-1"}}}"#;
-    let verdict = v.conclude(&prepared, 200, Some("application/json"), body).unwrap().into_verdict().unwrap();
+    let verdict = claimed.conclude(&answer("application/json", body.to_vec())).unwrap().into_verdict().unwrap();
     assert_eq!(verdict.matched_rule(), 1);
 }
 
@@ -175,7 +205,10 @@ async fn empty_or_short_issued_challenges_are_refused_even_when_signed() {
     let (sts, v) = setup().await;
     for issued in ["", "short", &"x".repeat(iam_join::challenge::MIN_CHALLENGE_LEN - 1)] {
         let raw = sign(&user(), JoinRequest::new(issued));
-        let e = v.verify("iam-token", issued, &raw, SystemTime::now()).await.unwrap_err();
+        let e = v
+            .verify("iam-token", Challenge::Plain(issued), Proof::Forwarded(&raw), SystemTime::now())
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "{issued:?}: {e}");
         assert!(e.detail().contains("at least 22 characters"), "{e}");
         assert!(!e.to_string().contains(issued) || issued.is_empty(), "the challenge is not echoed");
@@ -184,7 +217,7 @@ async fn empty_or_short_issued_challenges_are_refused_even_when_signed() {
     // Positive control: the shortest accepted challenge, signed, joins.
     let issued = "x".repeat(iam_join::challenge::MIN_CHALLENGE_LEN);
     let raw = sign(&user(), JoinRequest::new(&issued));
-    v.verify("iam-token", &issued, &raw, SystemTime::now()).await.unwrap();
+    v.verify("iam-token", Challenge::Plain(&issued), Proof::Forwarded(&raw), SystemTime::now()).await.unwrap();
 }
 
 /// A transport of the caller's own, built only from the public API, that cannot connect:
@@ -192,11 +225,11 @@ async fn empty_or_short_issued_challenges_are_refused_even_when_signed() {
 #[derive(Debug)]
 struct OwnTransport(std::net::SocketAddr);
 
-impl iam_join::StsTransport for OwnTransport {
-    fn send<'a>(
+impl iam_join::AwsTransport for OwnTransport {
+    fn call<'a>(
         &'a self,
-        _request: &'a iam_join::StsRequest,
-    ) -> iam_join::BoxFuture<'a, Result<iam_join::StsResponse, iam_join::Error>> {
+        _call: iam_join::AwsCall<'a>,
+    ) -> iam_join::BoxFuture<'a, Result<iam_join::HttpAnswer, iam_join::Error>> {
         Box::pin(async move {
             match tokio::net::TcpStream::connect(self.0).await {
                 Ok(_) => unreachable!("the port is closed"),
@@ -211,28 +244,39 @@ async fn a_custom_transport_reports_a_refused_connection_as_sts_unavailable_with
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap();
     drop(closed);
-    let v = Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), OwnTransport(addr)).retries(1);
+    let v = Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap())
+        .policy(RequestPolicy::new())
+        .transport(OwnTransport(addr))
+        .retries(1)
+        .build();
     let c = iam_join::challenge::generate().unwrap();
-    let e = v.verify("iam-token", &c, &sign(&user(), JoinRequest::new(&c)), SystemTime::now()).await.unwrap_err();
+    let e = v
+        .verify(
+            "iam-token",
+            Challenge::Plain(&c),
+            Proof::Forwarded(&sign(&user(), JoinRequest::new(&c))),
+            SystemTime::now(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::StsUnavailable, "{e}");
     assert!(e.is_retryable());
     assert!(e.detail().starts_with("own transport could not reach STS"), "{e}");
     let source = std::error::Error::source(&e).expect("the cause is kept");
     let io = source.downcast_ref::<std::io::Error>().expect("an io::Error");
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
-    // The same through verify_with on a verifier without a transport.
-    let v = Verifier::sans_io(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new()).retries(0);
+    // The same with the machine driven by hand, on a verifier without a transport.
+    let v = Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap()).build();
+    let raw = sign(&user(), JoinRequest::new(&c));
+    let claimed = v
+        .start("iam-token", Challenge::Plain(&c), Proof::Forwarded(&raw), SystemTime::now())
+        .unwrap()
+        .single_use_by_caller();
     let own = OwnTransport(addr);
-    let e = v
-        .verify_with("iam-token", &c, &sign(&user(), JoinRequest::new(&c)), SystemTime::now(), |r| {
-            let own = &own;
-            async move { iam_join::StsTransport::send(own, &r).await }
-        })
-        .await
-        .unwrap_err();
+    let e = iam_join::AwsTransport::call(&own, iam_join::AwsCall::replay(claimed.replay())).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::StsUnavailable);
     // verify on a verifier without a transport is a setup mistake, not a join outcome.
-    let e = v.verify("iam-token", &c, b"", SystemTime::now()).await.unwrap_err();
+    let e = v.verify("iam-token", Challenge::Plain(&c), Proof::Forwarded(b""), SystemTime::now()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
 }
 
@@ -264,7 +308,10 @@ async fn swapping_tokens_under_64_concurrent_verifications_loses_and_mixes_nothi
             for _ in 0..4 {
                 let c = iam_join::challenge::generate().unwrap();
                 let raw = sign(&user(), JoinRequest::new(&c));
-                let verdict = v.verify("iam-token", &c, &raw, SystemTime::now()).await.expect("no join is lost");
+                let verdict = v
+                    .verify("iam-token", Challenge::Plain(&c), Proof::Forwarded(&raw), SystemTime::now())
+                    .await
+                    .expect("no join is lost");
                 seen.push((verdict.roles().to_vec(), verdict.matched_rule()));
             }
             seen

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use iam_join::{AccountId, Arn, RequestPolicy, StsRequest, TokenSet, parse_sts_response};
+use iam_join::{AccountId, Arn, ForwardedRequest, RequestPolicy, TokenSet, parse_sts_response};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 
@@ -152,10 +152,10 @@ proptest! {
     #[test]
     fn accepted_requests_rebuild_to_what_was_signed(edits in prop::collection::vec(edit(), 1..5)) {
         let raw = apply(&teleport(), &edits);
-        let Ok(req) = StsRequest::parse(&raw, &challenge(), &RequestPolicy::new(), signed_at()) else {
+        let Ok(req) = ForwardedRequest::parse(&raw, &challenge(), &RequestPolicy::new(), signed_at()) else {
             return Ok(());
         };
-        let sent = plain(&req.to_http1());
+        let sent = plain(&req.replay().to_http1());
         let got = plain(&raw);
         prop_assert_eq!(&got.request_line, "POST / HTTP/1.1");
         prop_assert_eq!(&sent.request_line, "POST / HTTP/1.1");
@@ -184,7 +184,7 @@ proptest! {
 
     #[test]
     fn request_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
-        let _ = StsRequest::parse(&bytes, &challenge(), &RequestPolicy::new(), signed_at());
+        let _ = ForwardedRequest::parse(&bytes, &challenge(), &RequestPolicy::new(), signed_at());
     }
 
     #[test]
@@ -237,7 +237,8 @@ fn rebuild_property_sees_accepted_requests() {
     for _ in 0..500 {
         let edits = strategy.new_tree(&mut runner).unwrap().current();
         let raw = apply(&teleport(), &edits);
-        accepted += usize::from(StsRequest::parse(&raw, &challenge(), &RequestPolicy::new(), signed_at()).is_ok());
+        accepted +=
+            usize::from(ForwardedRequest::parse(&raw, &challenge(), &RequestPolicy::new(), signed_at()).is_ok());
     }
     assert!(accepted >= 50, "only {accepted} of 500 edited requests were accepted");
     eprintln!("{accepted} of 500 edited requests accepted");

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use iam_join::{EndpointPolicy, ErrorKind, FipsMode, Partition, RequestPolicy, StsRequest};
+use iam_join::{EndpointPolicy, ErrorKind, FipsMode, ForwardedRequest, Partition, RequestPolicy};
 
 use crate::common::vectors;
 
@@ -24,19 +24,19 @@ pub(crate) fn challenge() -> String {
     std::fs::read_to_string(vectors("requests/CHALLENGE")).unwrap()
 }
 
-fn parse(raw: &str) -> Result<StsRequest, iam_join::Error> {
-    StsRequest::parse(raw.as_bytes(), &challenge(), &RequestPolicy::new(), signed_at())
+fn parse(raw: &str) -> Result<ForwardedRequest, iam_join::Error> {
+    ForwardedRequest::parse(raw.as_bytes(), &challenge(), &RequestPolicy::new(), signed_at())
 }
 
 #[test]
 fn teleport_vector_is_accepted_and_rebuilt() {
     let req = parse(&teleport()).unwrap();
-    assert_eq!(req.url(), "https://sts.us-east-1.amazonaws.com/");
+    assert_eq!(req.replay().url(), "https://sts.us-east-1.amazonaws.com/");
     assert_eq!(req.endpoint().signing_region(), "us-east-1");
     assert_eq!(req.access_key_id(), "ASIAIOSFODNN7EXAMPLE");
     assert!(req.accepts_json());
     assert_eq!(req.signed_at(), signed_at());
-    let names: Vec<&str> = req.headers().map(|(n, _)| n).collect();
+    let names: Vec<&str> = req.replay().headers().map(|(n, _)| n).collect();
     // Exactly the signed headers, in SignedHeaders order, then Authorization. No User-Agent.
     assert_eq!(
         names,
@@ -52,19 +52,19 @@ fn teleport_vector_is_accepted_and_rebuilt() {
         ]
     );
     let raw = teleport();
-    for (n, v) in req.headers() {
+    for (n, v) in req.replay().headers() {
         assert!(raw.contains(v), "{n} value must be forwarded as received");
     }
-    assert_eq!(req.body(), b"Action=GetCallerIdentity&Version=2011-06-15");
+    assert_eq!(req.replay().body(), b"Action=GetCallerIdentity&Version=2011-06-15");
 }
 
 #[test]
 fn botocore_vector_is_accepted_without_json_and_without_unsigned_headers() {
     let req = parse(&botocore()).unwrap();
-    assert_eq!(req.url(), "https://sts.amazonaws.com/");
+    assert_eq!(req.replay().url(), "https://sts.amazonaws.com/");
     assert!(req.endpoint().is_global());
     assert!(!req.accepts_json());
-    let names: Vec<&str> = req.headers().map(|(n, _)| n).collect();
+    let names: Vec<&str> = req.replay().headers().map(|(n, _)| n).collect();
     assert_eq!(names, ["content-type", "host", "x-amz-date", "x-teleport-challenge", "authorization"]);
 }
 
@@ -75,7 +75,7 @@ fn unsigned_security_token_is_still_forwarded() {
         "accept;content-length;content-type;host;x-amz-date;",
     );
     let req = parse(&raw).unwrap();
-    let last: Vec<&str> = req.headers().map(|(n, _)| n).rev().take(2).collect();
+    let last: Vec<&str> = req.replay().headers().map(|(n, _)| n).rev().take(2).collect();
     assert_eq!(last, ["x-amz-security-token", "authorization"]);
 }
 
@@ -83,7 +83,8 @@ fn unsigned_security_token_is_still_forwarded() {
 fn rebuilt_request_reparses_to_itself() {
     for raw in [teleport(), botocore()] {
         let req = parse(&raw).unwrap();
-        let again = StsRequest::parse(&req.to_http1(), &challenge(), &RequestPolicy::new(), signed_at()).unwrap();
+        let again = ForwardedRequest::parse(&req.replay().to_http1(), &challenge(), &RequestPolicy::new(), signed_at())
+            .unwrap();
         assert_eq!(again, req);
     }
 }
@@ -94,10 +95,11 @@ fn debug_prints_lengths_not_values() {
     let dbg = format!("{req:?}");
     assert_eq!(
         dbg,
-        "StsRequest { endpoint: \"sts.us-east-1.amazonaws.com\", headers: {\"accept\": \"<16 bytes>\", \
-         \"content-length\": \"<2 bytes>\", \"content-type\": \"<48 bytes>\", \"host\": \"<27 bytes>\", \
-         \"x-amz-date\": \"<16 bytes>\", \"x-amz-security-token\": \"<657 bytes>\", \
-         \"x-teleport-challenge\": \"<43 bytes>\", \"authorization\": \"<268 bytes>\"}, accept_json: true, .. }"
+        "ForwardedRequest { replay: Replay { method: Post, endpoint: \"sts.us-east-1.amazonaws.com\", path: \"/\", \
+         query: <0 bytes>, headers: {\"accept\": \"<16 bytes>\", \"content-length\": \"<2 bytes>\", \
+         \"content-type\": \"<48 bytes>\", \"host\": \"<27 bytes>\", \"x-amz-date\": \"<16 bytes>\", \
+         \"x-amz-security-token\": \"<657 bytes>\", \"x-teleport-challenge\": \"<43 bytes>\", \
+         \"authorization\": \"<268 bytes>\"}, .. }, accept_json: true, .. }"
     );
 }
 
@@ -196,7 +198,7 @@ fn dates_at_the_edge_of_the_window_pass() {
     }
     let tight = RequestPolicy::new().max_skew(Duration::from_secs(60)).unwrap();
     let raw = teleport().replace("X-Amz-Date: 20261128T150000Z", "X-Amz-Date: 20261128T150200Z");
-    let err = StsRequest::parse(raw.as_bytes(), &challenge(), &tight, signed_at()).unwrap_err();
+    let err = ForwardedRequest::parse(raw.as_bytes(), &challenge(), &tight, signed_at()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RequestExpired);
     assert!(RequestPolicy::new().max_skew(Duration::from_secs(15 * 60 + 1)).is_err());
 }
@@ -206,8 +208,8 @@ fn configured_challenge_header_is_honoured() {
     let raw =
         teleport().replace("x-teleport-challenge", "x-my-challenge").replace("X-Teleport-Challenge", "X-My-Challenge");
     let policy = RequestPolicy::new().challenge_header("X-My-Challenge").unwrap();
-    let req = StsRequest::parse(raw.as_bytes(), &challenge(), &policy, signed_at()).unwrap();
-    assert!(req.headers().any(|(n, _)| n == "x-my-challenge"));
+    let req = ForwardedRequest::parse(raw.as_bytes(), &challenge(), &policy, signed_at()).unwrap();
+    assert!(req.replay().headers().any(|(n, _)| n == "x-my-challenge"));
     // The default header name no longer counts.
     let err = parse(&raw).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ChallengeMismatch);
@@ -219,16 +221,16 @@ fn configured_challenge_header_is_honoured() {
 #[test]
 fn endpoint_policy_applies() {
     let fips = RequestPolicy::new().endpoints(EndpointPolicy::new().fips(FipsMode::Required));
-    let err = StsRequest::parse(teleport().as_bytes(), &challenge(), &fips, signed_at()).unwrap_err();
+    let err = ForwardedRequest::parse(teleport().as_bytes(), &challenge(), &fips, signed_at()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UntrustedEndpoint);
     let fips_host = teleport().replace("Host: sts.us-east-1.amazonaws.com", "Host: sts-fips.us-east-1.amazonaws.com");
-    assert!(StsRequest::parse(fips_host.as_bytes(), &challenge(), &fips, signed_at()).is_ok());
+    assert!(ForwardedRequest::parse(fips_host.as_bytes(), &challenge(), &fips, signed_at()).is_ok());
     let gov = teleport()
         .replace("Host: sts.us-east-1.amazonaws.com", "Host: sts.us-gov-west-1.amazonaws.com")
         .replace("/us-east-1/sts/", "/us-gov-west-1/sts/");
     assert_eq!(parse(&gov).unwrap_err().kind(), ErrorKind::UntrustedEndpoint);
     let gov_ok = RequestPolicy::new().endpoints(EndpointPolicy::new().allow_partition(Partition::AwsUsGov));
-    assert!(StsRequest::parse(gov.as_bytes(), &challenge(), &gov_ok, signed_at()).is_ok());
+    assert!(ForwardedRequest::parse(gov.as_bytes(), &challenge(), &gov_ok, signed_at()).is_ok());
 }
 
 #[test]
@@ -250,30 +252,30 @@ fn every_aws_regional_host_passes_when_signed_for_its_region() {
 #[test]
 fn peek_returns_the_signed_challenge_after_every_other_check() {
     let policy = RequestPolicy::new();
-    let peeked = StsRequest::peek_challenge(teleport().as_bytes(), &policy, signed_at()).unwrap();
+    let peeked = ForwardedRequest::peek_challenge(teleport().as_bytes(), &policy, signed_at()).unwrap();
     assert_eq!(peeked, challenge());
-    let parsed = StsRequest::parse(teleport().as_bytes(), &peeked, &policy, signed_at()).unwrap();
+    let parsed = ForwardedRequest::parse(teleport().as_bytes(), &peeked, &policy, signed_at()).unwrap();
     assert_eq!(parsed.signed_challenge(), challenge());
     // An unsigned challenge header is no challenge, peeked or not.
     let unsigned = teleport().replace(";x-teleport-challenge", "");
-    let e = StsRequest::peek_challenge(unsigned.as_bytes(), &policy, signed_at()).unwrap_err();
+    let e = ForwardedRequest::peek_challenge(unsigned.as_bytes(), &policy, signed_at()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ChallengeMismatch, "{e}");
     // Every other check still runs: a stale request is refused before any challenge is read.
-    let e = StsRequest::peek_challenge(teleport().as_bytes(), &policy, signed_at() + Duration::from_secs(3600))
+    let e = ForwardedRequest::peek_challenge(teleport().as_bytes(), &policy, signed_at() + Duration::from_secs(3600))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::RequestExpired);
 }
 
 /// The `http` feature: the rebuilt request as an `http::Request` holds exactly what `to_http1`
-/// sends, and an `http::Response` becomes the `StsResponse` that `conclude` reads.
+/// sends, and an `http::Response` becomes the `HttpAnswer` that `conclude` reads.
 #[cfg(feature = "http")]
 #[test]
 fn http_crate_conversions_carry_exactly_the_rebuilt_request() {
     let parsed = parse(&teleport()).unwrap();
-    let req = parsed.to_http().unwrap();
+    let req = parsed.replay().to_http().unwrap();
     assert_eq!(req.method(), http::Method::POST);
     assert_eq!(req.uri().to_string(), "https://sts.us-east-1.amazonaws.com/");
-    let want: Vec<(String, String)> = parsed.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+    let want: Vec<(String, String)> = parsed.replay().headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
     let got: Vec<(String, String)> =
         req.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned())).collect();
     assert_eq!(got, want);
@@ -281,6 +283,6 @@ fn http_crate_conversions_carry_exactly_the_rebuilt_request() {
 
     let body = std::fs::read(vectors("sts/ok_assumed_role.xml")).unwrap();
     let resp = http::Response::builder().status(200).header("content-type", "text/xml").body(body.clone()).unwrap();
-    let answer = iam_join::StsResponse::from(resp);
+    let answer = iam_join::HttpAnswer::from(resp);
     assert_eq!((answer.status, answer.content_type.as_deref(), answer.body), (200, Some("text/xml"), body));
 }

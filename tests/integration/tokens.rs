@@ -1,6 +1,7 @@
 //! Token files from `tests/vectors/tokens/`: every valid file loads, every invalid file fails with
 //! exactly the problem (line, column, message) its first-line `# expect:` comment states.
 
+use iam_join::Subject;
 use iam_join::{ErrorKind, Role, Severity, TokenSet};
 
 use crate::common::read_vectors;
@@ -184,6 +185,6 @@ fn star_pattern_with_an_account_allows_that_account_only() {
         ("arn:aws:iam::222222222222:user/a", false),
     ] {
         let arn = iam_join::Arn::parse(arn).unwrap();
-        assert_eq!(m.first_match(arn.account(), &arn).is_some(), want, "{arn}");
+        assert_eq!(m.first_match(Subject::new(arn.account(), &arn)).is_some(), want, "{arn}");
     }
 }

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
 use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
-use iam_join::{EndpointOverride, ErrorKind, RequestPolicy, ReqwestTransport, TokenSet, Verifier};
+use iam_join::{AwsTransport, EndpointOverride, ErrorKind, ReqwestTransport, TokenSet, Verifier};
+use iam_join::{Challenge, Proof};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -58,27 +59,15 @@ spec:
 
 fn principals() -> Vec<EmulatedPrincipal> {
     vec![
-        EmulatedPrincipal {
-            access_key_id: "ASIASOAKALLOWED00001".into(),
-            secret_access_key: "allowed-secret".into(),
-            session_token: Some("soak-session-token".into()),
-            arn: ALLOWED_ARN.into(),
-            user_id: "AROASOAKROLE000000001:i-0123456789abcdef0".into(),
-        },
-        EmulatedPrincipal {
-            access_key_id: "AKIASOAKSTRANGER0001".into(),
-            secret_access_key: "stranger-secret".into(),
-            session_token: None,
-            arn: STRANGER_ARN.into(),
-            user_id: "AIDASOAKSTRANGER".into(),
-        },
-        EmulatedPrincipal {
-            access_key_id: "AKIASOAKTAMPERED0001".into(),
-            secret_access_key: "tampered-secret".into(),
-            session_token: None,
-            arn: ALLOWED_ARN.into(),
-            user_id: "AIDASOAKTAMPERED".into(),
-        },
+        EmulatedPrincipal::new(
+            "ASIASOAKALLOWED00001",
+            "allowed-secret",
+            Some("soak-session-token".to_owned()),
+            ALLOWED_ARN,
+            "AROASOAKROLE000000001:i-0123456789abcdef0",
+        ),
+        EmulatedPrincipal::new("AKIASOAKSTRANGER0001", "stranger-secret", None, STRANGER_ARN, "AIDASOAKSTRANGER"),
+        EmulatedPrincipal::new("AKIASOAKTAMPERED0001", "tampered-secret", None, ALLOWED_ARN, "AIDASOAKTAMPERED"),
     ]
 }
 
@@ -254,10 +243,17 @@ async fn soak(joins: usize) {
         .timeout(TRANSPORT_TIMEOUT)
         .build()
         .unwrap();
-    let verifier = Arc::new(
-        Verifier::new(TokenSet::from_yaml(TOKENS).unwrap(), RequestPolicy::new(), transport).deadline(DEADLINE),
-    );
-    let short = Arc::new(verifier.as_ref().clone().deadline(SHORT_DEADLINE));
+    // Two verifiers sharing one transport (and its pool): the stalled class's has a short deadline.
+    let transport: Arc<dyn AwsTransport> = Arc::new(transport);
+    let build = |deadline| {
+        Arc::new(
+            Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap())
+                .shared_transport(Arc::clone(&transport))
+                .deadline(deadline)
+                .build(),
+        )
+    };
+    let (verifier, short) = (build(DEADLINE), build(SHORT_DEADLINE));
     let allowed = Credentials::new("ASIASOAKALLOWED00001", "allowed-secret", Some("soak-session-token".into()));
     let stranger = Credentials::new("AKIASOAKSTRANGER0001", "stranger-secret", None);
     let wrong = Credentials::new("ASIASOAKALLOWED00001", "not-the-secret", Some("soak-session-token".into()));
@@ -291,7 +287,8 @@ async fn soak(joins: usize) {
                     if kind == Join::Tampered { iam_join::challenge::generate().unwrap() } else { challenge };
                 let t = Instant::now();
                 let v = if kind == Join::Stalled { &short } else { &verifier };
-                let result = v.verify("iam-token", &expected, &raw, SystemTime::now()).await;
+                let result =
+                    v.verify("iam-token", Challenge::Plain(&expected), Proof::Forwarded(&raw), SystemTime::now()).await;
                 let elapsed = t.elapsed();
                 let outcome = match &result {
                     Ok(_) => "allowed".to_owned(),

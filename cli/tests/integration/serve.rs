@@ -1,0 +1,182 @@
+//! `iam-join serve` as a real process, without Redis: SIGTERM lets a join in flight finish, and
+//! organization rules are looked up with the service's own credentials. The tests with Redis
+//! (three replicas, outages, reloads, the load test) are in `tests/system`.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use iam_join::agent::Credentials;
+use iam_join::emulator::StsEmulator;
+
+use crate::common::fixtures::{TOKENS, principals, user};
+use crate::common::loopback::{Loopback, read_message};
+use crate::service::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_join_in_flight_finish() {
+    let http = client().build().unwrap();
+    let dir = scratch("sigterm");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    // A slow STS: each request waits 1.5 s, then goes to the emulator.
+    let sts_addr = sts.addr();
+    let slow = Loopback::start(move |mut conn, request| async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut upstream = tokio::net::TcpStream::connect(sts_addr).await.ok()?;
+        tokio::io::AsyncWriteExt::write_all(&mut upstream, &request).await.ok()?;
+        let answer = read_message(&mut upstream).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut conn, &answer).await.ok()?;
+        Some(conn)
+    })
+    .await;
+    let args =
+        flags(&[("--tokens", &tokens.display().to_string()), ("--sts-endpoint", &slow.url()), ("--timeout", "5")]);
+    let mut d = Replica::start(&http, "d", &dir, &args).await;
+    assert!(d.logs().contains("run one replica only"), "no --redis is said in the logs: {}", d.logs());
+    let c = challenge(&http, &d, "iam-token").await;
+    let body = join_body("iam-token", &c, &signed(&user(), &c, SystemTime::now()));
+    let in_flight = {
+        let (http, url) = (http.clone(), d.url("/v1/join"));
+        tokio::spawn(async move { post(&http, &url, &body).await })
+    };
+    let start = Instant::now();
+    while slow.requests() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the join never reached STS");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    d.signal("TERM");
+    let answer = in_flight.await.unwrap();
+    assert_allowed("the join in flight at SIGTERM", &answer, USER_ARN);
+    assert!(start.elapsed() >= Duration::from_millis(1400), "the answer came from the slow STS");
+    // Then the process exits, cleanly, and takes no new joins.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "serve did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}: {}", d.logs());
+    assert!(http.get(d.url("/healthz")).send().await.is_err(), "still listening after shutdown");
+    assert!(d.logs().contains("shutting down"), "{}", d.logs());
+}
+
+/// Organization rules through the service: the service's own credentials (from its environment)
+/// sign the lookups to a fake Organizations endpoint, and the cache metrics count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organization_rules_and_their_cache_metrics() {
+    use crate::common::organizations::{Mode, ORG, key, organizations};
+    let http = client().build().unwrap();
+    let dir = scratch("organizations");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "kind: token\nversion: v2\nmetadata: {{name: whole-org}}\nspec:\n  roles: [Node]\n  join_method: iam\n  \
+             allow:\n  - aws_organization_id: {ORG}\n"
+        ),
+    )
+    .unwrap();
+    let sts = StsEmulator::start(crate::common::organizations::principals()).await.unwrap();
+    let org = organizations(Mode::Normal).await;
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--sts-endpoint", &sts.url()),
+        ("--organizations-endpoint", &org.url()),
+    ]);
+    let reader = [("AWS_ACCESS_KEY_ID", "AKIAORGREADER000000"), ("AWS_SECRET_ACCESS_KEY", "org-reader-secret")];
+    let r = Replica::start_with_env(&http, "org", &dir, &args, &reader).await;
+    let member = |account: &str| Credentials::new(key(account), format!("secret-{account}"), None);
+    let join_as = |account: &'static str| {
+        let (http, r) = (http.clone(), &r);
+        async move {
+            let c = challenge(&http, r, "whole-org").await;
+            join(&http, r, &join_body("whole-org", &c, &signed(&member(account), &c, SystemTime::now()))).await
+        }
+    };
+    assert_allowed("member, first join", &join_as("333333333333").await, "arn:aws:iam::333333333333:user/api");
+    let lookups = org.requests();
+    assert!(lookups >= 2, "DescribeAccount and ListParents: {lookups}");
+    assert_allowed("member, cached", &join_as("333333333333").await, "arn:aws:iam::333333333333:user/api");
+    assert_eq!(org.requests(), lookups, "the second join is answered from the cache");
+    assert_refused("no organization", &join_as("555555555555").await, 403, "not_allowed");
+    let text = r.metrics(&http).await;
+    assert_eq!(metric(&text, "iam_join_organizations_cache_hits_total"), 1.0, "{text}");
+    assert_eq!(metric(&text, "iam_join_organizations_cache_misses_total"), 2.0, "{text}");
+    assert_eq!(metric(&text, "iam_join_joins_total{outcome=\"allowed\"}"), 2.0, "{text}");
+    assert!(!r.logs().contains("org-reader-secret"), "the service's secret key is never logged");
+}
+
+/// Issue 19: what an operator reads. A join against an STS that cannot be reached names the host
+/// and the class of failure in the service's log (the client sees the fixed message); a Redis
+/// that does not answer is said at start; no usable token means not ready; `--listen` takes
+/// `localhost:PORT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_says_why_and_readiness_means_a_join_could_be_allowed() {
+    let http = client().build().unwrap();
+    let dir = scratch("causes");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    let closed = free_port(); // nothing listens there
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--sts-endpoint", &format!("http://127.0.0.1:{closed}/")),
+        ("--timeout", "1"),
+        ("--redis", &format!("redis://127.0.0.1:{}/", free_port())),
+    ]);
+    let r = Replica::start(&http, "causes", &dir, &args).await;
+    assert!(r.logs().contains("Redis does not answer"), "said at start: {}", r.logs());
+    let readyz = http.get(r.url("/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert!(readyz.text().await.unwrap().contains("Redis"));
+    drop(r);
+
+    // No Redis now, so joins reach the (unreachable) STS.
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--sts-endpoint", &format!("http://127.0.0.1:{closed}/")),
+        ("--timeout", "1"),
+    ]);
+    let r = Replica::start(&http, "causes2", &dir, &args).await;
+    let answer = fresh_join(&http, &r, &r, &user()).await;
+    assert_refused("STS unreachable", &answer, 503, "sts_unavailable");
+    assert!(!answer.1.to_string().contains("127.0.0.1"), "the client is not told where STS is: {}", answer.1);
+    let log = r.logs();
+    let line = log.lines().find(|l| l.contains("join refused")).unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(&format!("STS request to sts.amazonaws.com via 127.0.0.1:{closed} failed (refused")),
+        "the log names the host and the class: {line}"
+    );
+    assert_eq!(http.get(r.url("/readyz")).send().await.unwrap().status(), 200, "ready: a token, no Redis to ask");
+    drop(r);
+
+    // A token file with no usable token: up (healthz), not ready.
+    let broken = dir.join("broken.yaml");
+    std::fs::write(&broken, TOKENS.replace("aws_account", "aws_acount")).unwrap();
+    let r = Replica::start(&http, "no-tokens", &dir, &flags(&[("--tokens", &broken.display().to_string())])).await;
+    let readyz = http.get(r.url("/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    assert!(readyz.text().await.unwrap().contains("no usable iam token"));
+    drop(r);
+
+    // --listen localhost:PORT.
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iam-join"))
+        .args(["serve", "--listen", &format!("localhost:{port}"), "--tokens", &tokens.display().to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Ok(resp) = http.get(format!("http://127.0.0.1:{port}/healthz")).send().await
+            && resp.status() == 200
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "serve --listen localhost:{port} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

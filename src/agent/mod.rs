@@ -1,0 +1,13 @@
+//! The joining side (feature `agent`): credentials and region from the AWS chain
+//! ([`AwsChain`]: environment, profiles, IRSA web identity, EKS Pod Identity, ECS, IMDSv2), the
+//! signed `GetCallerIdentity` an agent sends ([`sign_join_request`], Go's `Request.Write`
+//! layout), and [`JoinClient`], the client of the join service (`iam-join serve`).
+
+mod chain;
+mod client;
+mod sign;
+
+pub use crate::io::credentials::Credentials;
+pub use chain::{AwsChain, ChainIdentity};
+pub use client::{Attempt, JoinClient, JoinError, MAX_ANSWER_BYTES};
+pub use sign::{JoinRequest, sign_join_request, sts_endpoint};

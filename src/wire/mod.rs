@@ -1,0 +1,310 @@
+//! The wire contract of the join service (feature `wire`): what `POST /v1/challenge` and
+//! `POST /v1/join` take and answer, as typed values that serialize and parse with serde. The
+//! service (`iam-join serve`), the operator's `iam-join verify` and the agent (`iam-join join`,
+//! [`crate::agent::JoinClient`]) all build and read their JSON from these types, so there is one
+//! shape.
+//!
+//! What a refused client is told is decided here, not by the service: a [`Refusal`] carries the
+//! kind, whether to retry, and [`Error::client_message`] (a fixed text per kind, plus only facts
+//! about the client's own request), and the identity STS reported for the client, if any.
+//!
+//! ```
+//! use iam_join::wire::{Answer, Refusal};
+//! use iam_join::{EndpointPolicy, FipsMode};
+//! let e = EndpointPolicy::new().fips(FipsMode::Required).check("sts.amazonaws.com").unwrap_err();
+//! let refusal = Refusal::new("iam-token", &e);
+//! let json = serde_json::to_string(&refusal).unwrap();
+//! assert!(json.starts_with(r#"{"allowed":false,"token":"iam-token","error":{"kind":"untrusted_endpoint""#));
+//! assert!(!json.contains("FIPS"), "the endpoint policy is not the client's to see");
+//! let Answer::Refused(back) = Answer::from_slice(json.as_bytes()).unwrap() else { panic!() };
+//! assert_eq!(back, refusal);
+//! assert_eq!(back.status(), 403);
+//! ```
+
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::core::error::{Error, ErrorKind};
+use crate::core::identity::CallerIdentity;
+use crate::machine::states::Verdict;
+
+/// `POST /v1/challenge`: the token to join with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ChallengeRequest {
+    /// The provision token's name.
+    pub token: String,
+}
+
+impl ChallengeRequest {
+    /// A challenge request for `token`.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self { token: token.into() }
+    }
+}
+
+/// The answer to `POST /v1/challenge`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ChallengeResponse {
+    /// The challenge to sign (a keyed challenge, `v1.KEYID.EXPIRY.NONCE.MAC`).
+    pub challenge: String,
+    /// When it expires, RFC 3339 in UTC.
+    pub expires_at: String,
+}
+
+impl ChallengeResponse {
+    /// The answer for `challenge`, which expires at `expires`.
+    pub fn new(challenge: impl Into<String>, expires: SystemTime) -> Self {
+        let expires_at = time::OffsetDateTime::from(expires)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        Self { challenge: challenge.into(), expires_at }
+    }
+}
+
+/// `POST /v1/join`: the token, the challenge as issued, and the proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JoinRequest {
+    /// The provision token's name.
+    pub token: String,
+    /// The challenge, exactly as `POST /v1/challenge` gave it.
+    pub challenge: String,
+    /// The forwarded proof: standard base64 (padded) of the raw signed HTTP/1.1 request.
+    pub request: String,
+}
+
+impl JoinRequest {
+    /// A join request with a forwarded proof (`raw`: the signed request's bytes).
+    pub fn forwarded(token: impl Into<String>, challenge: impl Into<String>, raw: &[u8]) -> Self {
+        Self {
+            token: token.into(),
+            challenge: challenge.into(),
+            request: base64::engine::general_purpose::STANDARD.encode(raw),
+        }
+    }
+
+    /// The forwarded proof's bytes, decoded strictly (standard alphabet, padded); a refusal
+    /// (`malformed_request`) for anything else.
+    pub fn forwarded_bytes(&self) -> Result<Vec<u8>, Box<Refusal>> {
+        base64::engine::general_purpose::STANDARD.decode(self.request.as_bytes()).map_err(|_| {
+            Box::new(Refusal::malformed(&self.token, "request must be the base64 of the raw signed HTTP request"))
+        })
+    }
+}
+
+/// A verified identity, as the answers show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Identity {
+    /// The 12-digit account.
+    pub account: String,
+    /// The principal's ARN.
+    pub arn: String,
+    /// STS's unique id of the principal.
+    pub user_id: String,
+}
+
+impl From<&CallerIdentity> for Identity {
+    fn from(id: &CallerIdentity) -> Self {
+        Self {
+            account: id.account().as_str().to_owned(),
+            arn: id.arn().as_str().to_owned(),
+            user_id: id.user_id().to_owned(),
+        }
+    }
+}
+
+/// An allowed join: `{"allowed": true, "token", "roles", "identity", "matched_rule"}`. STS's
+/// request id is not in it: it is in the service's log, with the join.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Allowed {
+    /// Always `true`.
+    pub allowed: bool,
+    /// The token joined with.
+    pub token: String,
+    /// The system roles it grants, as Teleport names them.
+    pub roles: Vec<String>,
+    /// The verified identity.
+    pub identity: Identity,
+    /// The index of the allow rule that matched.
+    pub matched_rule: usize,
+}
+
+impl From<&Verdict> for Allowed {
+    fn from(v: &Verdict) -> Self {
+        Self {
+            allowed: true,
+            token: v.token().to_owned(),
+            roles: v.roles().iter().map(|r| r.as_str().to_owned()).collect(),
+            identity: Identity::from(v.identity()),
+            matched_rule: v.matched_rule(),
+        }
+    }
+}
+
+/// Why a join was refused, as the client is told: `{"allowed": false, "token", "error": {"kind",
+/// "message", "retryable"}, "identity"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Refusal {
+    /// Always `false`.
+    pub allowed: bool,
+    /// The token the join named (empty when the body could not be read).
+    pub token: String,
+    /// The kind, the message and whether to retry.
+    pub error: RefusalError,
+    /// The identity STS reported for the client (its own), when verification got that far.
+    pub identity: Option<Identity>,
+}
+
+/// The `error` of a [`Refusal`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RefusalError {
+    /// The stable kind, e.g. `not_allowed` ([`ErrorKind::as_str`]); a newer server may send one
+    /// this version does not know ([`Refusal::kind`] is then `None`).
+    pub kind: String,
+    /// For the client: [`Error::client_message`].
+    pub message: String,
+    /// Whether asking for a new challenge and trying again may succeed.
+    pub retryable: bool,
+}
+
+impl Refusal {
+    /// The refusal a client is told for `error`, on a join for `token`.
+    pub fn new(token: &str, error: &Error) -> Self {
+        Self::of(token, error.kind(), error.client_message(), error.is_retryable(), error.identity())
+    }
+
+    /// `malformed_request` for input that is not a join (bad JSON, not base64, too large, too
+    /// slow, another route or method); `message` says what, about the client's own input.
+    pub fn malformed(token: &str, message: &str) -> Self {
+        Self::of(token, ErrorKind::MalformedRequest, message.to_owned(), false, None)
+    }
+
+    /// `sts_unavailable`, retryable, for a service too busy to take the join now (`message`
+    /// says so); nothing was sent to STS.
+    pub fn busy(message: &str) -> Self {
+        Self::of("", ErrorKind::StsUnavailable, message.to_owned(), true, None)
+    }
+
+    fn of(token: &str, kind: ErrorKind, message: String, retryable: bool, identity: Option<&CallerIdentity>) -> Self {
+        Self {
+            allowed: false,
+            token: token.to_owned(),
+            error: RefusalError { kind: kind.as_str().to_owned(), message, retryable },
+            identity: identity.map(Identity::from),
+        }
+    }
+
+    /// The kind, when this version knows it.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        ErrorKind::from_name(&self.error.kind)
+    }
+
+    /// The HTTP status the service answers it with: 503 for what a retry may fix, 400 for
+    /// input that is not a join, 500 for the service's own configuration, 403 for every other
+    /// refusal.
+    pub fn status(&self) -> u16 {
+        match self.kind() {
+            _ if self.error.retryable => 503,
+            Some(ErrorKind::MalformedRequest) => 400,
+            Some(ErrorKind::ConfigInvalid) => 500,
+            _ => 403,
+        }
+    }
+}
+
+/// The answer to `POST /v1/join`: allowed or refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The join is allowed.
+    Allowed(Allowed),
+    /// The join is refused.
+    Refused(Refusal),
+}
+
+impl Answer {
+    /// The answer for a join's outcome.
+    pub fn of(token: &str, outcome: &Result<Verdict, Error>) -> Self {
+        match outcome {
+            Ok(v) => Answer::Allowed(Allowed::from(v)),
+            Err(e) => Answer::Refused(Refusal::new(token, e)),
+        }
+    }
+
+    /// Reads an answer: its `allowed` field says which shape the rest has.
+    pub fn from_slice(json: &[u8]) -> Result<Self, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_slice(json)?;
+        match value.get("allowed") {
+            Some(serde_json::Value::Bool(true)) => serde_json::from_value(value).map(Answer::Allowed),
+            Some(serde_json::Value::Bool(false)) => serde_json::from_value(value).map(Answer::Refused),
+            _ => Err(serde::de::Error::custom("an answer has a boolean \"allowed\"")),
+        }
+    }
+
+    /// The HTTP status the service answers it with: 200, or [`Refusal::status`].
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Allowed(_) => 200,
+            Answer::Refused(r) => r.status(),
+        }
+    }
+}
+
+impl Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Answer::Allowed(a) => a.serialize(s),
+            Answer::Refused(r) => r.serialize(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind's client message is the fixed text (plus, at most, a fact about the client's
+    /// own request), and never the operator's detail.
+    #[test]
+    fn every_kind_tells_the_client_its_fixed_text() {
+        for kind in ErrorKind::ALL {
+            let e = Error::new(kind, "the endpoint policy of this server, its rules, token 'secret-token'");
+            let r = Refusal::new("t", &e);
+            assert_eq!(r.error.message, kind.client_text(), "{kind}");
+            assert_eq!(r.kind(), Some(kind));
+            assert!(!r.error.message.contains("policy") && !r.error.message.contains("secret-token"), "{kind}");
+        }
+        // A fact about the client's own request is added where the check marked it so.
+        let e = Error::about_request(ErrorKind::MalformedRequest, "request has no Host header");
+        assert_eq!(Refusal::new("t", &e).error.message, "the join request is malformed: request has no Host header");
+    }
+
+    #[test]
+    fn statuses_fit_the_kinds() {
+        let status = |e: Error| Refusal::new("t", &e).status();
+        assert_eq!(status(Error::new_replay_store_unavailable("down")), 503);
+        assert_eq!(status(Error::config_invalid("no keys")), 500);
+        assert_eq!(status(Error::sts_unavailable("STS", std::io::Error::other("refused"))), 503);
+        assert_eq!(status(Error::new(ErrorKind::MalformedRequest, "x")), 400);
+        assert_eq!(status(Error::new(ErrorKind::NotAllowed, "x")), 403);
+        assert_eq!(Refusal::busy("at the connection limit").status(), 503);
+    }
+
+    #[test]
+    fn answers_read_back_by_their_allowed_field() {
+        assert!(Answer::from_slice(br#"{"allowed": "yes"}"#).is_err());
+        assert!(Answer::from_slice(br#"{"token": "t"}"#).is_err());
+        let r = Refusal::malformed("t", "bad");
+        let json = serde_json::to_vec(&Answer::Refused(r.clone())).unwrap();
+        assert_eq!(Answer::from_slice(&json).unwrap(), Answer::Refused(r));
+    }
+}
