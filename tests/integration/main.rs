@@ -8,6 +8,7 @@ mod endpoints;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod faults;
 mod layers;
+mod machine;
 mod matching;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod observability;

@@ -180,3 +180,25 @@ async fn the_log_says_why_and_readiness_means_a_join_could_be_allowed() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Issue 20: a client refused for its endpoint is told the fixed text of the kind, never the
+/// endpoint policy (here FIPS only); the service's log has the full detail, and `iam-join
+/// verify` shows it to the operator on stderr, apart from the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_endpoint_refusal_does_not_tell_the_client_the_policy() {
+    let http = client().build().unwrap();
+    let dir = scratch("policy");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let mut args = flags(&[("--tokens", &tokens.display().to_string()), ("--sts-endpoint", &sts.url())]);
+    args.push("--fips".to_owned());
+    let r = Replica::start(&http, "fips", &dir, &args).await;
+    let answer = fresh_join(&http, &r, &r, &user()).await; // signed for sts.amazonaws.com
+    assert_refused("not a FIPS endpoint", &answer, 403, "untrusted_endpoint");
+    let message = answer.1["error"]["message"].as_str().unwrap();
+    assert_eq!(message, iam_join::ErrorKind::UntrustedEndpoint.client_text());
+    assert!(!answer.1.to_string().contains("FIPS"), "{}", answer.1);
+    assert!(r.logs().contains("FIPS is required"), "the operator's log has the detail: {}", r.logs());
+    assert_eq!(sts.requests(), 0);
+}
