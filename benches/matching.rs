@@ -171,10 +171,8 @@ fn organization_rules(c: &mut Criterion) {
     let arn = Arn::parse("arn:aws:sts::222222222222:assumed-role/node/i-0123").unwrap();
     let account = AccountId::parse("222222222222").unwrap();
     let cache = OrgCache::default();
-    let membership = Membership::Member {
-        organization_id: "o-abcdefghij".into(),
-        ancestors: vec!["ou-ab12-team0001".into(), "ou-ab12-prod0001".into(), "r-ab12".into()],
-    };
+    let membership =
+        Membership::member("o-abcdefghij", vec!["ou-ab12-team0001".into(), "ou-ab12-prod0001".into(), "r-ab12".into()]);
     let poll = |cache: &OrgCache| {
         let fut = cache.get_or_lookup(Partition::Aws, account, || async { Ok(membership.clone()) });
         let mut fut = std::pin::pin!(fut);

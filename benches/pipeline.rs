@@ -55,7 +55,7 @@ fn cpu_per_join(c: &mut Criterion) {
     let challenge = iam_join::challenge::generate().unwrap();
     let raw = signed(&challenge);
     let answer = br#"{"GetCallerIdentityResponse":{"GetCallerIdentityResult":{"Account":"333333333333","Arn":"arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-0123456789abcdef0","UserId":"AROAEXAMPLEROLEID0001:i-0123456789abcdef0"},"ResponseMetadata":{"RequestId":"4c0ac7f4-2a9f-4f8a-9c5f-5d3b2a1f0e9d"}}}"#;
-    let answer = HttpAnswer { status: 200, content_type: Some("application/json".into()), body: answer.to_vec() };
+    let answer = HttpAnswer::new(200, Some("application/json"), answer.to_vec());
     let now = SystemTime::now();
     let mut g = c.benchmark_group("join");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));

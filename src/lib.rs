@@ -187,7 +187,10 @@ pub use crate::core::response::{
     HttpAnswer, MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer, parse_sts_response,
 };
 pub use crate::core::rule::{MAX_ARN_PATTERN_LEN, OrganizationalUnits, OuInclude, Rule};
-pub use crate::core::token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, Role, Token, TokenSet};
+pub use crate::core::token::join_method::JoinMethod;
+pub use crate::core::token::role::Role;
+pub use crate::core::token::set::TokenSet;
+pub use crate::core::token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKENS_PER_FILE, Token};
 #[cfg(feature = "sign")]
 pub use crate::io::credentials::Credentials;
 #[cfg(feature = "io")]

@@ -353,7 +353,7 @@ pub(crate) fn load_tokens(path: &str, name: Option<&str>) -> Result<(TokenSet, S
         None => return Err(Usage(format!("the file holds {} iam tokens; pick one with --name", set.len()))),
     };
     // A token of another join method is the verifier's to refuse (token_invalid, naming it).
-    if set.join_method(&name).is_some_and(|m| m != "iam") {
+    if set.join_method(&name).is_some_and(|m| m != iam_join::JoinMethod::Iam) {
         return Ok((set, name));
     }
     match set.lookup(&name) {

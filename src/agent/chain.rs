@@ -105,7 +105,7 @@ impl ChainIdentity {
         self.region.as_deref()
     }
 
-    /// A join request for `challenge`, signed for this region's STS endpoint ([`sts_endpoint`]).
+    /// A join request for `challenge`, signed for this region's STS endpoint ([`sts_endpoint`](crate::agent::sts_endpoint)).
     pub fn join_request(&self, challenge: impl Into<String>, fips: bool) -> JoinRequest {
         let join = JoinRequest::new(challenge).fips(fips);
         match &self.region {

@@ -190,6 +190,7 @@ impl fmt::Display for Problem {
 /// What STS said when it refused, kept for the server's log. The message is STS's own text and
 /// should not be passed to the joining client verbatim.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StsErrorInfo {
     /// The HTTP status.
     pub status: u16,

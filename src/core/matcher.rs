@@ -541,6 +541,7 @@ impl Check {
 
 /// How one rule fared.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RuleOutcome {
     /// The rule's index in the token.
     pub index: usize,
@@ -556,6 +557,7 @@ pub struct RuleOutcome {
 
 /// Rule-by-rule reasons for an outcome, from [`RuleMatcher::explain`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Explanation {
     /// The first matching rule, if any: the one `first_match` reports.
     pub matched: Option<usize>,
@@ -757,7 +759,7 @@ mod tests {
     fn explain_judges_organization_rules_with_their_own_patterns() {
         use crate::core::membership::Membership;
         let yaml = "kind: token\nversion: v2\nmetadata:\n  name: t\nspec:\n  roles: [Node]\n  join_method: iam\n  allow:\n  - aws_organization_id: o-abcdefghij\n    aws_arn: \"arn:aws:iam::*:user/admins-*\"\n  - aws_organization_id: o-abcdefghij\n    aws_arn: \"arn:aws:iam::*:user/other\"\n";
-        let set = crate::core::token::TokenSet::from_yaml(yaml).unwrap();
+        let set = crate::core::token::set::TokenSet::from_yaml(yaml).unwrap();
         let m = set.get("t").unwrap().matcher();
         let arn = Arn::parse(USER).unwrap();
         let member = Membership::Member { organization_id: "o-abcdefghij".into(), ancestors: vec!["r-ab12".into()] };

@@ -9,6 +9,8 @@ pub enum Membership {
     /// The account belongs to no organization the lookup can see.
     NotInOrganization,
     /// The account belongs to `organization_id`, under `ancestors` (parent first, root last).
+    /// Made with [`Membership::member`].
+    #[non_exhaustive]
     Member {
         /// `o-...`.
         organization_id: String,

@@ -97,6 +97,7 @@ fn user_id_mismatch(arn: &Arn, user_id: &str) -> Option<&'static str> {
 /// read whole. A transport of your own should stop reading there too; a longer body is refused
 /// all the same.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HttpAnswer {
     /// The HTTP status.
     pub status: u16,
@@ -104,6 +105,13 @@ pub struct HttpAnswer {
     pub content_type: Option<String>,
     /// The body, capped.
     pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// An answer: its status, `Content-Type` (if any) and body (as read, capped).
+    pub fn new(status: u16, content_type: Option<&str>, body: Vec<u8>) -> Self {
+        Self { status, content_type: content_type.map(str::to_owned), body }
+    }
 }
 
 #[cfg(feature = "http")]
@@ -117,6 +125,7 @@ impl From<http::Response<Vec<u8>>> for HttpAnswer {
 
 /// A successful answer: the identity and STS's request id, when given.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StsAnswer {
     /// The verified identity.
     pub identity: CallerIdentity,

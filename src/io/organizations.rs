@@ -372,7 +372,7 @@ impl OrganizationsClient {
 mod tests {
     use super::*;
     use crate::core::rule::Rule;
-    use crate::core::token::TokenSet;
+    use crate::core::token::set::TokenSet;
 
     fn rules(yaml_rules: &str) -> Vec<Rule> {
         let yaml = format!(

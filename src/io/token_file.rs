@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use crate::core::error::Error;
-use crate::core::token::{MAX_TOKEN_FILE_BYTES, TokenSet};
+use crate::core::token::MAX_TOKEN_FILE_BYTES;
+use crate::core::token::set::TokenSet;
 use crate::io::files::read_regular_file;
 
 impl TokenSet {

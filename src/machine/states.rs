@@ -27,7 +27,8 @@ use crate::core::membership::Membership;
 use crate::core::proof::CheckedProof;
 use crate::core::proof::Replay;
 use crate::core::response::{HttpAnswer, StsAnswer, parse_sts_response};
-use crate::core::token::{Role, Token};
+use crate::core::token::Token;
+use crate::core::token::role::Role;
 
 /// A join whose local checks passed.
 #[derive(Debug)]
@@ -342,7 +343,7 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::token::TokenSet;
+    use crate::core::token::set::TokenSet;
 
     const TOKENS: &str = "kind: token\nversion: v2\nmetadata: {name: t}\nspec: {roles: [Node], join_method: iam, allow: [{aws_organization_id: o-abcdefghij}, {aws_account: \"111111111111\"}]}\n";
 

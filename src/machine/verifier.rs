@@ -14,7 +14,7 @@ use crate::core::error::{Error, ErrorKind};
 use crate::core::proof::policy::RequestPolicy;
 use crate::core::proof::{CheckedProof, Proof};
 use crate::core::text::bounded_name;
-use crate::core::token::TokenSet;
+use crate::core::token::set::TokenSet;
 use crate::machine::states::{Checked, PendingClaim};
 
 /// Verifies iam joins against a token set. Cheap to clone (`Arc` inside), `Send + Sync`; every

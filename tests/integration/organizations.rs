@@ -86,11 +86,11 @@ async fn the_organizations_client_uses_any_aws_transport() {
                 target.unwrap_or_default(),
             ));
             Box::pin(async {
-                Ok(HttpAnswer {
-                    status: 400,
-                    content_type: Some("application/x-amz-json-1.1".into()),
-                    body: br#"{"__type":"AccountNotFoundException","Message":"x"}"#.to_vec(),
-                })
+                Ok(HttpAnswer::new(
+                    400,
+                    Some("application/x-amz-json-1.1"),
+                    br#"{"__type":"AccountNotFoundException","Message":"x"}"#.to_vec(),
+                ))
             })
         }
     }

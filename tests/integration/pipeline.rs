@@ -182,11 +182,7 @@ async fn sans_io_prepare_and_conclude() {
         v.start("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now()).unwrap();
     let claimed = pending.single_use_by_caller();
     assert_eq!(claimed.replay().url(), "https://sts.eu-west-1.amazonaws.com/");
-    let answer = |content_type: &str, body: Vec<u8>| iam_join::HttpAnswer {
-        status: 200,
-        content_type: Some(content_type.to_owned()),
-        body,
-    };
+    let answer = |content_type: &str, body: Vec<u8>| iam_join::HttpAnswer::new(200, Some(content_type), body);
     let body = std::fs::read(crate::common::vectors("sts/ok_assumed_role.xml")).unwrap();
     // The recorded identity is in account 123456789012, which this token does not allow.
     let e = claimed.conclude(&answer("text/xml", body)).unwrap_err();
