@@ -247,6 +247,21 @@ struct Node {
 }
 
 /// `lenient` (for error bodies, which only feed the log) also accepts comments and CDATA.
+/// The text was read as UTF-8; a declaration naming anything else means the bytes are not what
+/// the answer says they are.
+fn check_declaration(d: &quick_xml::events::BytesDecl<'_>) -> Result<(), Error> {
+    if let Some(enc) = d.encoding() {
+        let enc = enc.map_err(|e| invalid(format!("bad XML declaration: {e}")))?;
+        if !enc.eq_ignore_ascii_case("utf-8") {
+            return Err(invalid(format!(
+                "STS answer declares encoding {}, not UTF-8",
+                crate::core::text::quoted_shown(&enc)
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn parse_xml(text: &str, lenient: bool) -> Result<Node, Error> {
     let mut reader = quick_xml::Reader::from_str(text);
     reader.config_mut().expand_empty_elements = true;
@@ -257,19 +272,7 @@ fn parse_xml(text: &str, lenient: bool) -> Result<Node, Error> {
         let event = reader.read_event().map_err(|e| invalid(format!("STS answer is not well-formed XML: {e}")))?;
         let was_first = std::mem::replace(&mut first, false);
         match event {
-            Event::Decl(d) if was_first => {
-                // The text was read as UTF-8; a declaration naming anything else means the
-                // bytes are not what the answer says they are.
-                if let Some(enc) = d.encoding() {
-                    let enc = enc.map_err(|e| invalid(format!("bad XML declaration: {e}")))?;
-                    if !enc.eq_ignore_ascii_case("utf-8") {
-                        return Err(invalid(format!(
-                            "STS answer declares encoding {}, not UTF-8",
-                            crate::core::text::quoted_shown(&enc)
-                        )));
-                    }
-                }
-            }
+            Event::Decl(d) if was_first => check_declaration(&d)?,
             Event::Decl(_) => return Err(invalid("XML declaration not at the start")),
             Event::DocType(_) => return Err(invalid("STS answer has a DOCTYPE")),
             Event::PI(_) => return Err(invalid("STS answer has a processing instruction")),
@@ -381,19 +384,7 @@ fn xml_identity(text: &str) -> Result<StsAnswer, Error> {
         let event = reader.read_event().map_err(|e| invalid(format!("STS answer is not well-formed XML: {e}")))?;
         let was_first = std::mem::replace(&mut first, false);
         match event {
-            Event::Decl(d) if was_first => {
-                // The text was read as UTF-8; a declaration naming anything else means the
-                // bytes are not what the answer says they are.
-                if let Some(enc) = d.encoding() {
-                    let enc = enc.map_err(|e| invalid(format!("bad XML declaration: {e}")))?;
-                    if !enc.eq_ignore_ascii_case("utf-8") {
-                        return Err(invalid(format!(
-                            "STS answer declares encoding {}, not UTF-8",
-                            crate::core::text::quoted_shown(&enc)
-                        )));
-                    }
-                }
-            }
+            Event::Decl(d) if was_first => check_declaration(&d)?,
             Event::Start(e) => {
                 if done {
                     return Err(invalid("STS answer has content after its root element"));

@@ -205,6 +205,11 @@ pub(crate) fn secrets_in(raw: &[u8], challenge: &str) -> Vec<String> {
     out
 }
 
+/// Verifies `raw` for `iam-token` with the corpus's challenge at the time it was signed.
+pub(crate) async fn verify(v: &Verifier, raw: &[u8]) -> Result<iam_join::Verdict, iam_join::Error> {
+    v.verify("iam-token", Challenge::Plain(&challenge()), Proof::Forwarded(raw), signed_at()).await
+}
+
 /// Runs one verification and checks it is refused with `kind`, by the check whose detail
 /// contains `because`, from `place`, without leaking a secret the input carries. Returns a
 /// description of what went wrong, if anything.

@@ -2,7 +2,6 @@
 //! be refused before anything is sent.
 
 use iam_join::ErrorKind::{self, *};
-use iam_join::{Challenge, Proof};
 
 use crate::{FakeSts, Report, Where, expect_refusal, teleport_request};
 
@@ -285,14 +284,7 @@ cases! {
 async fn the_untouched_request_is_allowed() {
     let sts = FakeSts::start().await;
     let v = sts.verifier();
-    let verdict = v
-        .verify(
-            "iam-token",
-            Challenge::Plain(&crate::challenge()),
-            Proof::Forwarded(teleport_request().as_bytes()),
-            crate::signed_at(),
-        )
-        .await;
+    let verdict = crate::verify(&v, teleport_request().as_bytes()).await;
     assert_eq!(verdict.unwrap().identity().arn().as_str(), crate::IDENTITY_ARN);
     assert_eq!(sts.requests(), 1);
 }
@@ -320,25 +312,11 @@ async fn the_body_hash_signed_is_allowed_and_forwarded() {
     let sts = FakeSts::start().await;
     let v = sts.verifier();
     let raw = payload_hash(teleport_request(), BODY_SHA256);
-    let verdict = v
-        .verify(
-            "iam-token",
-            Challenge::Plain(&crate::challenge()),
-            Proof::Forwarded(raw.as_bytes()),
-            crate::signed_at(),
-        )
-        .await;
+    let verdict = crate::verify(&v, raw.as_bytes()).await;
     assert!(verdict.is_ok(), "{verdict:?}");
     assert!(sts.last_request().contains(&format!("\r\nx-amz-content-sha256: {BODY_SHA256}\r\n")));
     let raw = add(teleport_request(), "Content-Encoding: aws-chunked");
-    let verdict = v
-        .verify(
-            "iam-token",
-            Challenge::Plain(&crate::challenge()),
-            Proof::Forwarded(raw.as_bytes()),
-            crate::signed_at(),
-        )
-        .await;
+    let verdict = crate::verify(&v, raw.as_bytes()).await;
     assert!(verdict.is_ok(), "{verdict:?}");
     assert!(!sts.last_request().to_ascii_lowercase().contains("content-encoding"));
     assert_eq!(sts.requests(), 2);
@@ -355,14 +333,7 @@ async fn unsigned_hostile_headers_are_dropped_not_forwarded() {
         "X-Forwarded-Host: evil.example\r\nX-Forwarded-For: 169.254.169.254\r\nForwarded: host=evil.example\r\n\
          X-Amz-Target: AWSSecurityTokenServiceV20110615.AssumeRole\r\nX-HTTP-Method-Override: GET\r\nCookie: a=b",
     );
-    let verdict = v
-        .verify(
-            "iam-token",
-            Challenge::Plain(&crate::challenge()),
-            Proof::Forwarded(raw.as_bytes()),
-            crate::signed_at(),
-        )
-        .await;
+    let verdict = crate::verify(&v, raw.as_bytes()).await;
     assert!(verdict.is_ok(), "{verdict:?}");
     let sent = sts.last_request().to_ascii_lowercase();
     for name in [

@@ -2,7 +2,6 @@
 //! must never become an identity unless it is exactly one well-formed GetCallerIdentity result.
 
 use iam_join::ErrorKind::{self, *};
-use iam_join::{Challenge, Proof};
 
 use crate::{Answer, FakeSts, Report, Where, expect_refusal, identity_xml, teleport_request};
 
@@ -170,37 +169,12 @@ async fn every_hostile_answer_is_refused() {
     // The positive controls, after all the cases: the same fake with a good answer allows, with
     // a UTF-8 declaration too, and each principal type with its own UserId shape.
     sts.answer(Answer::ok());
-    assert!(
-        v.verify(
-            "iam-token",
-            Challenge::Plain(&crate::challenge()),
-            Proof::Forwarded(raw.as_bytes()),
-            crate::signed_at()
-        )
-        .await
-        .is_ok()
-    );
+    assert!(crate::verify(&v, raw.as_bytes()).await.is_ok());
     sts.answer(Answer::xml(200, format!("<?xml version=\"1.0\" encoding=\"utf-8\"?>{}", ok_xml())));
-    assert!(
-        v.verify(
-            "iam-token",
-            Challenge::Plain(&crate::challenge()),
-            Proof::Forwarded(raw.as_bytes()),
-            crate::signed_at()
-        )
-        .await
-        .is_ok()
-    );
+    assert!(crate::verify(&v, raw.as_bytes()).await.is_ok());
     for (arn, user_id) in USER_ID_CONTROLS {
         sts.answer(with_user_id("135791357913", arn, user_id));
-        let verdict = v
-            .verify(
-                "iam-token",
-                Challenge::Plain(&crate::challenge()),
-                Proof::Forwarded(raw.as_bytes()),
-                crate::signed_at(),
-            )
-            .await;
+        let verdict = crate::verify(&v, raw.as_bytes()).await;
         assert_eq!(verdict.map(|v| v.identity().user_id().to_owned()).ok().as_deref(), Some(*user_id), "{arn}");
     }
     report.finish(45);

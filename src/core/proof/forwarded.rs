@@ -310,7 +310,7 @@ impl ForwardedRequest {
         let accept_json = headers.values("accept").next().is_some_and(|v| v.eq_ignore_ascii_case("application/json"))
             && auth.signed_headers.contains(&"accept");
         let endpoint_ref: &'static Endpoint = endpoint;
-        let mut out = Replay::new(Method::Post, endpoint_ref, "/".to_owned(), GET_CALLER_IDENTITY_BODY)
+        let mut out = Replay::new(Method::Post, endpoint_ref, "/", GET_CALLER_IDENTITY_BODY)
             .with_capacity(head_len + 64, auth.signed_headers.len() + 2);
         let mut challenge_at = 0;
         for (i, (&name, &value)) in auth.signed_headers.iter().zip(&signed_values).enumerate() {

@@ -1,5 +1,6 @@
 //! What a checked proof makes STS answer: a [`Replay`], sent as is.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::core::endpoint::Endpoint;
@@ -32,7 +33,7 @@ pub struct Replay {
     method: Method,
     endpoint: &'static Endpoint,
     /// The path and query, e.g. `/`.
-    target: String,
+    target: Cow<'static, str>,
     /// The header block, `name: value\r\n` per header, names lowercase.
     head: String,
     /// Per header: (name start, name end, value start, value end) in `head`.
@@ -41,7 +42,13 @@ pub struct Replay {
 }
 
 impl Replay {
-    pub(crate) fn new(method: Method, endpoint: &'static Endpoint, target: String, body: &'static [u8]) -> Self {
+    pub(crate) fn new(
+        method: Method,
+        endpoint: &'static Endpoint,
+        target: impl Into<Cow<'static, str>>,
+        body: &'static [u8],
+    ) -> Self {
+        let target = target.into();
         Self { method, endpoint, target, head: String::new(), spans: Vec::new(), body }
     }
 
