@@ -128,7 +128,8 @@ impl JoinClient {
     /// endpoint, or FIPS with `fips`), the answer. A retryable refusal, or an exchange that
     /// failed, is retried with a new challenge and growing, jittered backoff (250 ms doubling
     /// to 5 s), each reported to `on_retry`; everything, every exchange included, ends by
-    /// `deadline`. The answer is allowed or refused; a [`JoinError`] when there is none.
+    /// `deadline`. The answer is allowed or refused (when the deadline cuts off a retry, the
+    /// service's last refusal); a [`JoinError`] when there is none.
     pub async fn join(
         &self,
         token: &str,
@@ -139,6 +140,8 @@ impl JoinClient {
     ) -> Result<Answer, JoinError> {
         let end = Instant::now() + deadline;
         let mut number = 0u32;
+        // The service's last (retryable) refusal: the answer, when the deadline cuts a retry off.
+        let mut last_refusal = None;
         loop {
             number += 1;
             let outcome = self.once(token, identity, fips, end).await;
@@ -147,13 +150,19 @@ impl JoinClient {
             match outcome {
                 Ok(Answer::Refused(r)) if r.error.retryable && time_left => {
                     on_retry(Attempt::Refused { number, refusal: &r, retry_in });
+                    last_refusal = Some(r);
                 }
                 Ok(answer) => return Ok(answer),
                 Err(Failure::Local(problem)) => return Err(JoinError::Local(problem)),
                 Err(Failure::Remote(problem)) if time_left => {
                     on_retry(Attempt::Failed { number, problem: &problem, retry_in });
                 }
-                Err(Failure::Remote(problem)) => return Err(JoinError::Deadline(format!("{}: {problem}", self.base))),
+                Err(Failure::Remote(problem)) => {
+                    return match last_refusal {
+                        Some(r) => Ok(Answer::Refused(r)),
+                        None => Err(JoinError::Deadline(format!("{}: {problem}", self.base))),
+                    };
+                }
             }
             tokio::time::sleep(retry_in).await;
         }

@@ -122,6 +122,40 @@ async fn the_deadline_bounds_the_whole_run_against_a_silent_service() {
     );
 }
 
+/// When the deadline cuts off a retry, the answer is the service's last refusal (exit 1, its
+/// kind), not "no answer": the service did answer, retryably.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_cut_off_by_the_deadline_reports_the_last_refusal() {
+    let joins = Arc::new(AtomicUsize::new(0));
+    let count = joins.clone();
+    // The first join is refused as sts_unavailable; every later exchange hangs.
+    let server = Loopback::start(move |mut conn, request| {
+        let count = count.clone();
+        async move {
+            let head = String::from_utf8_lossy(&request).into_owned();
+            let body = if head.starts_with("POST /v1/challenge ") {
+                json!({"challenge": CHALLENGE, "expires_at": "2027-01-15T08:00:00Z"})
+            } else if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                json!({"allowed": false, "token": "iam-token",
+                       "error": {"kind": "sts_unavailable", "message": "STS could not be reached", "retryable": true}})
+            } else {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                return None;
+            };
+            let status = if body["allowed"] == false { 503 } else { 200 };
+            conn.write_all(&reply(status, "application/json", body.to_string().as_bytes())).await.ok()?;
+            Some(conn)
+        }
+    })
+    .await;
+    let (out, took) = join(&format!("http://{}", server.addr()), "2", &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("\"sts_unavailable\""), "{stdout}");
+    assert!(took < Duration::from_secs(3), "--deadline 2 took {took:?}");
+    assert!(joins.load(Ordering::SeqCst) >= 2, "the refusal was retried");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_services_text_cannot_forge_terminal_output() {
     fn answer(n: usize) -> (u16, serde_json::Value) {
