@@ -71,7 +71,8 @@
 //! let pending = verifier.start("ci", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now())?;
 //! // Your replay guard: claim pending.claim_key() until pending.claim_until(); here, a first claim.
 //! let claimed = pending.claimed(ClaimResult::Claimed)?;
-//! let answer = http.call(AwsCall::replay(claimed.replay())).await?; // your round trip
+//! let replay = claimed.replay().expect("a forwarded request is checked by STS");
+//! let answer = http.call(AwsCall::replay(replay)).await?; // your round trip
 //! let verdict = match claimed.conclude(&answer)? {
 //!     Concluded::Allowed(verdict) => verdict,
 //!     Concluded::NeedsMembership(query) => unreachable!("no organization rule: {query:?}"),
@@ -83,13 +84,23 @@
 //!
 //! ## Proof formats: the extension point
 //!
-//! A [`Proof`] is what the agent sent; today the forwarded request ([`Proof::Forwarded`], the
-//! raw signed POST Teleport agents send). A format is one module under `core/proof/` that turns
-//! the format's bytes into a checked value (its endpoint, its signing time, the challenge it
-//! signed, and the [`Replay`] STS must answer), plus one variant of [`Proof`] and of the checked
-//! proof the machine matches on. Tokens, rules, matching, the claim, the verdict and the error
-//! kinds are shared, so a rule admits the same principals whatever the proof. The transport
-//! sends a [`Replay`] as it is ([`AwsCall::replay`]), whatever its method and target.
+//! A [`Proof`] is what the agent sent: the forwarded request ([`Proof::Forwarded`], the raw
+//! signed POST Teleport agents send), a presigned `GetCallerIdentity` URL or the EKS token made
+//! of it ([`Proof::Presigned`], what `aws eks get-token --cluster-name <challenge>` prints), or
+//! AWS's signed web identity token ([`Proof::WebIdentityToken`], from `sts:GetWebIdentityToken`,
+//! checked offline against the keys of the issuer pinned for its account). A format is one
+//! module under `core/proof/` that turns the format's bytes into a checked value (the challenge
+//! it signed, how long it stays fresh, and either the [`Replay`] STS must answer or, for a
+//! format whose signature the verifier can check itself, the identity it proves), plus one
+//! variant of [`Proof`] and of the checked proof the machine matches on. Tokens, rules,
+//! matching, the claim, the verdict and the error kinds are shared, so a rule admits the same
+//! principals whatever the proof: a web identity token of a role proves the role, not a
+//! session, so it is admitted only by rules that admit every session of the role
+//! ([`Subject::every_session_of`]). The transport sends a [`Replay`] as it is
+//! ([`AwsCall::replay`]), whatever its method and target. A web identity token is started with
+//! [`Verifier::start_web_identity`], which asks for the issuer's keys ([`NeedsKeys`]) before
+//! the claim; after the claim, [`Claimed::conclude_offline`] decides, with the token's own
+//! organization claims for organization rules.
 //!
 //! ## Configuration
 //!
@@ -182,6 +193,14 @@ pub use crate::core::matcher::{Check, Explanation, RuleMatcher, RuleOutcome, Sub
 pub use crate::core::membership::Membership;
 pub use crate::core::proof::forwarded::{ForwardedRequest, GET_CALLER_IDENTITY_BODY, MAX_HEAD_BYTES, MAX_HEADERS};
 pub use crate::core::proof::policy::{MAX_CLOCK_SKEW, RequestPolicy};
+pub use crate::core::proof::presigned::{
+    EKS_CHALLENGE_HEADER, EKS_TOKEN_PREFIX, MAX_PRESIGNED_BYTES, MAX_PRESIGNED_EXPIRES, PresignedUrl,
+};
+#[cfg(feature = "web-identity")]
+pub use crate::core::proof::web_identity::{
+    AWS_CLAIMS_NAMESPACE, IssuerKeys, IssuerUrl, MAX_JWKS_BYTES, MAX_JWKS_KEYS, MAX_WEB_IDENTITY_LIFETIME,
+    MAX_WEB_IDENTITY_TOKEN_BYTES, WebIdentityPolicy,
+};
 pub use crate::core::proof::{Method, Proof, Replay};
 pub use crate::core::response::{
     HttpAnswer, MAX_STS_RESPONSE_BYTES, MAX_USER_ID_LEN, MAX_XML_DEPTH, STS_NAMESPACE, StsAnswer, parse_sts_response,
@@ -195,6 +214,10 @@ pub use crate::core::token::{MAX_RULES_PER_TOKEN, MAX_TOKEN_FILE_BYTES, MAX_TOKE
 pub use crate::io::credentials::Credentials;
 #[cfg(feature = "io")]
 pub use crate::io::driver::{DEFAULT_DEADLINE, DEFAULT_RETRIES};
+#[cfg(feature = "io")]
+pub use crate::io::jwks::{
+    DEFAULT_JWKS_LIFETIME, DEFAULT_JWKS_REFRESH_INTERVAL, JwksCache, JwksCacheBuilder, MAX_CACHED_ISSUERS,
+};
 #[cfg(feature = "redis")]
 pub use crate::io::replay::RedisReplayGuard;
 #[cfg(feature = "io")]
@@ -205,6 +228,8 @@ pub use crate::io::transport::{
     FailureClass, ReqwestTransport, ReqwestTransportBuilder, TrustRoots, failure_cause,
 };
 pub use crate::machine::states::{ClaimResult, Claimed, Concluded, MembershipQuery, PendingClaim, Verdict};
+#[cfg(feature = "web-identity")]
+pub use crate::machine::verifier::NeedsKeys;
 pub use crate::machine::verifier::{Verifier, VerifierBuilder};
 
 #[cfg(doctest)]

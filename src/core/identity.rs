@@ -11,6 +11,9 @@ pub struct CallerIdentity {
     account: AccountId,
     arn: Arn,
     user_id: String,
+    /// A proof of an IAM role, not of one session (a web identity token): matched as every
+    /// session of the role.
+    every_session: bool,
 }
 
 impl CallerIdentity {
@@ -29,9 +32,22 @@ impl CallerIdentity {
         &self.user_id
     }
 
+    /// Whether the proof named an IAM role rather than one of its sessions (a web identity token
+    /// for a role session names the role): rules then admit it only when they admit every
+    /// session of the role ([`Subject::every_session_of`](crate::Subject::every_session_of)).
+    pub fn is_every_session_of_role(&self) -> bool {
+        self.every_session
+    }
+
     /// An identity from parts the caller has already checked against STS's rules.
     pub(crate) fn from_checked_parts(account: AccountId, arn: Arn, user_id: String) -> Self {
-        Self { account, arn, user_id }
+        Self { account, arn, user_id, every_session: false }
+    }
+
+    /// Every session of the IAM role `arn` (checked by the caller to be a role of `account`).
+    #[cfg(feature = "web-identity")]
+    pub(crate) fn every_session_of_role(account: AccountId, arn: Arn, user_id: String) -> Self {
+        Self { account, arn, user_id, every_session: true }
     }
 }
 

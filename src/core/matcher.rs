@@ -18,7 +18,7 @@ use std::fmt;
 use foldhash::fast::RandomState;
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::core::arn::{AccountId, Arn, Partition, Service};
+use crate::core::arn::{AccountId, Arn, Partition, Principal, Service};
 use crate::core::error::{Error, ErrorKind};
 use crate::core::rule::Rule;
 
@@ -299,18 +299,154 @@ fn to_glob(pattern: &str) -> String {
 pub struct Subject<'a> {
     account: &'a AccountId,
     arn: &'a Arn,
+    /// `arn` is an IAM role, and the subject is every session of it (what a web identity token
+    /// proves): a rule matches only when it admits every session STS could name.
+    every_session: bool,
 }
 
 impl<'a> Subject<'a> {
-    /// The subject `arn` in `account`.
+    /// The subject `arn` in `account`, matched as GetCallerIdentity's answer is: literally.
     pub fn new(account: &'a AccountId, arn: &'a Arn) -> Self {
-        Self { account, arn }
+        Self { account, arn, every_session: false }
+    }
+
+    /// Every session of the IAM role `role_arn` in `account`: what a web identity token proves
+    /// (it names the role, not a session). A rule matches it only when it admits
+    /// `arn:P:sts::ACCOUNT:assumed-role/NAME/SESSION` for every session name STS allows (2 to 64
+    /// of `[A-Za-z0-9_+=,.@-]`): `…:assumed-role/NAME/*`, an account-only rule and `*` do;
+    /// `…:assumed-role/NAME/i-*` does not. `None` when `role_arn` is not an IAM role.
+    ///
+    /// ```
+    /// use iam_join::{AccountId, Arn, Rule, RuleMatcher, Subject};
+    /// let m = RuleMatcher::compile(vec![
+    ///     Rule::new(None, Some("arn:aws:sts::222222222222:assumed-role/node/i-*")).unwrap(),
+    ///     Rule::new(None, Some("arn:aws:sts::222222222222:assumed-role/node/*")).unwrap(),
+    /// ]).unwrap();
+    /// let acct = AccountId::parse("222222222222").unwrap();
+    /// let role = Arn::parse("arn:aws:iam::222222222222:role/teams/node").unwrap();
+    /// assert_eq!(m.first_match(Subject::every_session_of(&acct, &role).unwrap()), Some(1));
+    /// ```
+    pub fn every_session_of(account: &'a AccountId, role_arn: &'a Arn) -> Option<Self> {
+        matches!(role_arn.principal(), Principal::Role { .. }).then_some(Self {
+            account,
+            arn: role_arn,
+            every_session: true,
+        })
+    }
+
+    /// Whether this is every session of a role ([`Subject::every_session_of`]).
+    pub fn is_every_session(&self) -> bool {
+        self.every_session
+    }
+
+    /// `arn:P:sts::ACCOUNT:assumed-role/NAME/`: what every session ARN of the role starts with.
+    fn session_prefix(&self) -> Option<String> {
+        match self.arn.principal() {
+            Principal::Role { name, .. } if self.every_session => {
+                Some(format!("arn:{}:sts::{}:assumed-role/{name}/", self.arn.partition(), self.arn.account()))
+            }
+            _ => None,
+        }
     }
 }
 
 impl<'a> From<&'a crate::core::identity::CallerIdentity> for Subject<'a> {
     fn from(id: &'a crate::core::identity::CallerIdentity) -> Self {
-        Self { account: id.account(), arn: id.arn() }
+        Self { account: id.account(), arn: id.arn(), every_session: id.is_every_session_of_role() }
+    }
+}
+
+/// The characters of a role session name, and its lengths (STS `RoleSessionName`:
+/// `[\w+=,.@-]*`, 2 to 64 characters; AWS STS API reference, AssumeRole).
+const SESSION_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+=,.@-";
+const SESSION_LENS: std::ops::RangeInclusive<usize> = 2..=64;
+/// A session name every universal pattern matches: a necessary condition, checked by the index.
+const WITNESS_SESSION: &str = "================================================================";
+/// The most distinct automaton states the universality check explores before it gives up (and
+/// refuses: a rule is never taken to admit what was not shown).
+const MAX_SESSION_STATES: usize = 256;
+
+/// How much of the role's sessions a pattern admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Coverage {
+    /// Every session name.
+    All,
+    /// Some, not all (or too complex to decide: never taken as all).
+    Some,
+    /// None.
+    None,
+}
+
+/// Whether `pattern` (Teleport glob: `*` any run, `?` one character) matches `prefix` followed
+/// by every session name, some, or none. Exact: it walks the pattern's automaton over the
+/// prefix, then over every session length, one representative per class of characters (each
+/// the pattern names, and one it does not: those behave alike), and asks whether the states
+/// reached at each length accept.
+fn session_coverage(pattern: &str, prefix: &str) -> Coverage {
+    let p = pattern.as_bytes();
+    let n = p.len();
+    // A state: which pattern positions are live (position n = the whole pattern matched).
+    let close = |set: &mut Vec<bool>| {
+        for i in 0..n {
+            if set[i] && p[i] == b'*' {
+                set[i + 1] = true;
+            }
+        }
+    };
+    let step = |set: &[bool], c: u8| -> Vec<bool> {
+        let mut next = vec![false; n + 1];
+        for i in 0..n {
+            if set[i] {
+                match p[i] {
+                    b'*' => next[i] = true,
+                    b'?' => next[i + 1] = true,
+                    q if q == c => next[i + 1] = true,
+                    _ => {}
+                }
+            }
+        }
+        close(&mut next);
+        next
+    };
+    let mut start = vec![false; n + 1];
+    start[0] = true;
+    close(&mut start);
+    for &c in prefix.as_bytes() {
+        start = step(&start, c);
+        if !start.contains(&true) {
+            return Coverage::None;
+        }
+    }
+    // The common case, decided at once: a live position after which only `*` remains.
+    if (0..=n).any(|i| start[i] && p[i..].iter().all(|&b| b == b'*')) {
+        return Coverage::All;
+    }
+    let mut symbols: Vec<u8> = SESSION_CHARS.iter().copied().filter(|c| p.contains(c)).collect();
+    symbols.extend(SESSION_CHARS.iter().copied().find(|c| !p.contains(c)));
+    let (mut all, mut some) = (true, false);
+    let mut level = std::collections::BTreeSet::from([start]);
+    for len in 1..=*SESSION_LENS.end() {
+        let next: std::collections::BTreeSet<Vec<bool>> = level
+            .iter()
+            .flat_map(|st| symbols.iter().map(|&c| step(st, c)))
+            .filter(|st| st.contains(&true) || all)
+            .collect();
+        if next.len() > MAX_SESSION_STATES {
+            return if some { Coverage::Some } else { Coverage::None };
+        }
+        if len >= *SESSION_LENS.start() {
+            all &= next.iter().all(|st| st[n]);
+            some |= next.iter().any(|st| st[n]);
+        }
+        if (next == level && len > *SESSION_LENS.start()) || next.is_empty() {
+            break; // a fixed point: every longer length reaches the same states
+        }
+        level = next;
+    }
+    match (all, some) {
+        (true, _) => Coverage::All,
+        (false, true) => Coverage::Some,
+        (false, false) => Coverage::None,
     }
 }
 
@@ -364,15 +500,20 @@ impl RuleMatcher {
     /// Organization rules, lowest index first, whose account and ARN fields match the identity:
     /// each still needs an AWS Organizations lookup to decide. Empty when the token has none.
     pub fn organization_candidates(&self, subject: Subject<'_>) -> Vec<usize> {
-        let Subject { account, arn } = subject;
+        let Subject { account, arn, .. } = subject;
         if arn.account() != account {
             return Vec::new();
         }
+        let prefix = subject.session_prefix();
         self.organization
             .iter()
             .filter(|(i, glob)| {
-                self.rules[*i].aws_account.is_none_or(|a| &a == account)
-                    && glob.as_ref().is_none_or(|g| g.is_match(arn.as_str()))
+                let arn_ok = match (glob, &prefix, self.rules[*i].aws_arn.as_deref()) {
+                    (None, _, _) => true,
+                    (Some(_), Some(prefix), Some(pattern)) => session_coverage(pattern, prefix) == Coverage::All,
+                    (Some(g), _, _) => g.is_match(arn.as_str()),
+                };
+                self.rules[*i].aws_account.is_none_or(|a| &a == account) && arn_ok
             })
             .map(|(i, _)| *i)
             .collect()
@@ -421,15 +562,37 @@ impl RuleMatcher {
     /// assert_eq!(m.first_match(Subject::new(&acct, &arn)), Some(1));
     /// ```
     pub fn first_match(&self, subject: Subject<'_>) -> Option<usize> {
-        let Subject { account, arn } = subject;
+        let Subject { account, arn, .. } = subject;
         if arn.account() != account {
             return None;
+        }
+        if let Some(prefix) = subject.session_prefix() {
+            return self.first_every_session(account, &prefix);
         }
         let mut goal = Goal::First { account, best: self.account_only.get(account).copied() };
         self.search(arn, &mut goal);
         match goal {
             Goal::First { best, .. } => best,
             Goal::AllArnMatches(_) => None,
+        }
+    }
+
+    /// The first rule that admits every session under `prefix`: an account-only rule, or a
+    /// pattern rule whose pattern matches a witness session (the index finds those) and, checked
+    /// exactly, every other.
+    fn first_every_session(&self, account: &AccountId, prefix: &str) -> Option<usize> {
+        let by_account = self.account_only.get(account).copied();
+        let Ok(witness) = Arn::parse(&format!("{prefix}{WITNESS_SESSION}")) else { return by_account };
+        let mut hits = vec![false; self.rules.len()];
+        self.search(&witness, &mut Goal::AllArnMatches(&mut hits));
+        let by_pattern = hits.iter().enumerate().filter(|&(_, &hit)| hit).map(|(i, _)| i).find(|&i| {
+            let rule = &self.rules[i];
+            rule.aws_account.is_none_or(|a| &a == account)
+                && rule.aws_arn.as_deref().is_some_and(|p| session_coverage(p, prefix) == Coverage::All)
+        });
+        match (by_account, by_pattern) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -445,12 +608,24 @@ impl RuleMatcher {
         subject: Subject<'_>,
         membership: Option<&crate::core::membership::Membership>,
     ) -> Explanation {
-        let Subject { account, arn } = subject;
+        let Subject { account, arn, .. } = subject;
+        let prefix = subject.session_prefix();
         let mut arn_ok = vec![false; self.rules.len()];
-        self.search(arn, &mut Goal::AllArnMatches(&mut arn_ok));
-        // Organization rules are not in the index; their patterns have their own matchers.
-        for (i, glob) in &self.organization {
-            arn_ok[*i] = glob.as_ref().is_some_and(|g| g.is_match(arn.as_str()));
+        // For every session of a role: how much of them each pattern admits.
+        let mut coverage = vec![Coverage::None; self.rules.len()];
+        if let Some(prefix) = &prefix {
+            for (i, rule) in self.rules.iter().enumerate() {
+                if let Some(p) = rule.aws_arn.as_deref() {
+                    coverage[i] = session_coverage(p, prefix);
+                    arn_ok[i] = coverage[i] == Coverage::All;
+                }
+            }
+        } else {
+            self.search(arn, &mut Goal::AllArnMatches(&mut arn_ok));
+            // Organization rules are not in the index; their patterns have their own matchers.
+            for (i, glob) in &self.organization {
+                arn_ok[*i] = glob.as_ref().is_some_and(|g| g.is_match(arn.as_str()));
+            }
         }
         let consistent = arn.account() == account;
         let rules = self
@@ -466,6 +641,7 @@ impl RuleMatcher {
                 let arn_check = match &rule.aws_arn {
                     None => Check::NotSet,
                     Some(_) if arn_ok[index] => Check::Matched,
+                    Some(_) if coverage[index] == Coverage::Some => Check::SomeSessions,
                     Some(_) => Check::Differs,
                 };
                 let organization = match (rule.needs_organization(), membership) {
@@ -477,7 +653,7 @@ impl RuleMatcher {
                 let matched = consistent
                     && matches!(organization, Check::NotSet | Check::Matched)
                     && account_check != Check::Differs
-                    && arn_check != Check::Differs;
+                    && matches!(arn_check, Check::NotSet | Check::Matched);
                 RuleOutcome { index, account: account_check, arn: arn_check, organization, matched }
             })
             .collect::<Vec<_>>();
@@ -525,16 +701,20 @@ pub enum Check {
     Differs,
     /// The field needs an AWS Organizations lookup, which this evaluation did not make.
     NotEvaluated,
+    /// For every session of a role (a web identity token): the ARN pattern admits some of the
+    /// role's sessions, not all, so it cannot admit a proof of the role.
+    SomeSessions,
 }
 
 impl Check {
-    /// A short stable word: `not_set`, `matched`, `differs`, `not_evaluated`.
+    /// A short stable word: `not_set`, `matched`, `differs`, `not_evaluated`, `some_sessions`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::NotSet => "not_set",
             Self::Matched => "matched",
             Self::Differs => "differs",
             Self::NotEvaluated => "not_evaluated",
+            Self::SomeSessions => "some_sessions",
         }
     }
 }
@@ -577,6 +757,9 @@ impl fmt::Display for Explanation {
                 }
                 if r.arn == Check::Differs {
                     parts.push("ARN pattern differs");
+                }
+                if r.arn == Check::SomeSessions {
+                    parts.push("ARN pattern admits only some sessions of the role (a web identity token proves the role, not a session)");
                 }
                 if r.organization == Check::NotEvaluated {
                     parts.push("organization not evaluated");
@@ -776,6 +959,72 @@ mod tests {
             None,
             "organization rules never match without a lookup"
         );
+    }
+
+    /// Every session of a role: a pattern admits the proof only when it admits every session
+    /// name STS allows. Positive controls first.
+    #[test]
+    fn every_session_of_a_role_is_admitted_only_by_patterns_that_admit_every_session() {
+        let prefix = "arn:aws:sts::111111111111:assumed-role/node/";
+        for (pattern, want) in [
+            ("arn:aws:sts::111111111111:assumed-role/node/*", Coverage::All),
+            ("arn:aws:sts::111111111111:assumed-role/*", Coverage::All),
+            ("arn:aws:sts::*:assumed-role/node/*", Coverage::All),
+            ("*", Coverage::All),
+            ("arn:aws:sts::111111111111:assumed-role/node*", Coverage::All),
+            ("arn:aws:sts::111111111111:assumed-role/node/??*", Coverage::All),
+            ("arn:aws:sts::111111111111:assumed-role/node/*?", Coverage::All),
+            ("arn:aws:sts::111111111111:assumed-role/node/?*?", Coverage::All),
+            ("arn:aws:sts::111111111111:*/node/*", Coverage::All),
+            ("arn:aws:sts::111111111111:assumed-role/node/i-*", Coverage::Some),
+            ("arn:aws:sts::111111111111:assumed-role/node/???*", Coverage::Some),
+            ("arn:aws:sts::111111111111:assumed-role/node/??", Coverage::Some),
+            ("arn:aws:sts::111111111111:assumed-role/node/*-*", Coverage::Some),
+            ("arn:aws:sts::111111111111:assumed-role/node/*a", Coverage::Some),
+            ("arn:aws:sts::111111111111:assumed-role/node/ab", Coverage::Some),
+            ("arn:aws:sts::111111111111:assumed-role/node/?", Coverage::None),
+            ("arn:aws:sts::111111111111:assumed-role/node/s", Coverage::None),
+            ("arn:aws:sts::111111111111:assumed-role/node", Coverage::None),
+            ("arn:aws:sts::111111111111:assumed-role/other/*", Coverage::None),
+            ("arn:aws:iam::111111111111:role/node", Coverage::None),
+            ("arn:aws:sts::222222222222:assumed-role/node/*", Coverage::None),
+        ] {
+            assert_eq!(session_coverage(pattern, prefix), want, "{pattern}");
+        }
+        // 65 `?` admit only 65-character names, longer than STS allows: none.
+        let long = format!("{prefix}{}", "?".repeat(65));
+        assert_eq!(session_coverage(&long, prefix), Coverage::None);
+    }
+
+    #[test]
+    fn every_session_matching_through_the_index_and_explain() {
+        let m = RuleMatcher::compile(vec![
+            rule(None, Some("arn:aws:sts::111111111111:assumed-role/node/i-*")),
+            rule(None, Some("arn:aws:iam::111111111111:role/node")),
+            rule(Some("222222222222"), None),
+            rule(Some("111111111111"), Some("arn:aws:sts::111111111111:assumed-role/node/*")),
+        ])
+        .unwrap();
+        let acct = AccountId::parse("111111111111").unwrap();
+        let role = Arn::parse("arn:aws:iam::111111111111:role/path/node").unwrap();
+        let subject = Subject::every_session_of(&acct, &role).unwrap();
+        assert_eq!(m.first_match(subject), Some(3));
+        let e = m.explain(subject);
+        assert_eq!(e.matched, Some(3));
+        assert_eq!(e.rules[0].arn, Check::SomeSessions);
+        assert_eq!(e.rules[1].arn, Check::Differs, "the role ARN itself is no GetCallerIdentity answer");
+        assert!(e.to_string().contains("only some sessions"), "{e}");
+        // The same ARN matched literally (as an STS answer would be) matches rule 1 only.
+        assert_eq!(m.first_match(Subject::new(&acct, &role)), None, "role/path/node is not role/node");
+        let plain = Arn::parse("arn:aws:iam::111111111111:role/node").unwrap();
+        assert_eq!(m.first_match(Subject::new(&acct, &plain)), Some(1));
+        // An account-only rule admits every session.
+        let other = AccountId::parse("222222222222").unwrap();
+        let role2 = Arn::parse("arn:aws:iam::222222222222:role/x").unwrap();
+        assert_eq!(m.first_match(Subject::every_session_of(&other, &role2).unwrap()), Some(2));
+        // Only roles have sessions.
+        let user = Arn::parse("arn:aws:iam::111111111111:user/u").unwrap();
+        assert!(Subject::every_session_of(&acct, &user).is_none());
     }
 
     #[test]

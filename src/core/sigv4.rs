@@ -88,10 +88,26 @@ pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Erro
     let signed = signed.ok_or_else(|| malformed("Authorization has no SignedHeaders"))?;
     let signature = signature.ok_or_else(|| malformed("Authorization has no Signature"))?;
 
-    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if !is_signature(signature) {
         return Err(malformed("Authorization Signature is not 64 lowercase hex digits"));
     }
 
+    let Credential { access_key_id: akid, date, region } = parse_credential(credential)?;
+    let signed_headers = parse_signed_headers(signed)?;
+    Ok(Authorization { access_key_id: akid, date, region, signed_headers })
+}
+
+/// The parts of a credential scope the checks need.
+pub(crate) struct Credential<'a> {
+    pub(crate) access_key_id: &'a str,
+    /// `YYYYMMDD`.
+    pub(crate) date: &'a str,
+    pub(crate) region: &'a str,
+}
+
+/// Parses `ACCESS_KEY/DATE/REGION/sts/aws4_request` (the `Credential` of an `Authorization`
+/// header, or a presigned URL's decoded `X-Amz-Credential`).
+pub(crate) fn parse_credential(credential: &str) -> Result<Credential<'_>, Error> {
     let mut scope = fields(credential, b'/');
     let (Some(akid), Some(date), Some(region), Some(service), Some(terminator), None) =
         (scope.next(), scope.next(), scope.next(), scope.next(), scope.next(), scope.next())
@@ -116,7 +132,11 @@ pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Erro
     if terminator != "aws4_request" {
         return Err(malformed("Credential scope does not end in aws4_request"));
     }
+    Ok(Credential { access_key_id: akid, date, region })
+}
 
+/// Parses a `SignedHeaders` list: lowercase header names, `;`-separated, strictly ascending.
+pub(crate) fn parse_signed_headers(signed: &str) -> Result<Vec<&str>, Error> {
     let signed_headers: Vec<&str> = fields(signed, b';').collect();
     for (i, name) in signed_headers.iter().enumerate() {
         if name.is_empty() || !name.bytes().all(|b| LOWER_TCHAR[usize::from(b)]) {
@@ -126,7 +146,12 @@ pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Erro
             return Err(malformed("SignedHeaders is not sorted and unique"));
         }
     }
-    Ok(Authorization { access_key_id: akid, date, region, signed_headers })
+    Ok(signed_headers)
+}
+
+/// Whether `s` is a SigV4 signature: 64 lowercase hex digits.
+pub(crate) fn is_signature(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Parses `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`, UTC). The fixed-width digits are read directly;

@@ -11,6 +11,7 @@ use crate::core::challenge::Challenge;
 use crate::core::error::{Error, ErrorKind};
 use crate::core::proof::Proof;
 use crate::core::text::bounded_name;
+use crate::io::jwks::JwksCache;
 use crate::io::organizations::OrganizationsClient;
 use crate::io::replay::ReplayGuard;
 use crate::io::transport::{AwsCall, AwsTransport};
@@ -28,13 +29,23 @@ struct IoConfig {
     transport: Option<Arc<dyn AwsTransport>>,
     guard: Option<Arc<dyn ReplayGuard>>,
     organizations: Option<Arc<OrganizationsClient>>,
+    /// The pinned issuers' keys; made with the defaults on the first web identity join unless
+    /// given.
+    jwks: std::sync::OnceLock<Arc<JwksCache>>,
     retries: u32,
     deadline: Duration,
 }
 
 impl Default for IoConfig {
     fn default() -> Self {
-        Self { transport: None, guard: None, organizations: None, retries: DEFAULT_RETRIES, deadline: DEFAULT_DEADLINE }
+        Self {
+            transport: None,
+            guard: None,
+            organizations: None,
+            jwks: std::sync::OnceLock::new(),
+            retries: DEFAULT_RETRIES,
+            deadline: DEFAULT_DEADLINE,
+        }
     }
 }
 
@@ -89,6 +100,15 @@ impl VerifierBuilder {
     /// Bound on one whole verification, retries included (default 15 s).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.io().deadline = deadline;
+        self
+    }
+
+    /// Where web identity joins get their issuers' keys (default: a [`JwksCache`] with the
+    /// defaults, made on the first such join). Share one between verifiers to share its cache.
+    pub fn jwks(mut self, cache: Arc<JwksCache>) -> Self {
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(cache);
+        self.io().jwks = cell;
         self
     }
 }
@@ -174,25 +194,60 @@ impl Verifier {
         let no_transport =
             || Error::config_invalid("this verifier has no transport: build it with VerifierBuilder::transport");
         let io = self.io().ok_or_else(no_transport)?;
-        let transport = io.transport.as_deref().ok_or_else(no_transport)?;
         let t0 = Instant::now();
-        let pending = self.start(token_name, challenge, proof, now);
-        span.record("prepare_us", t0.elapsed().as_micros() as u64);
-        let pending = pending?;
-        if io.organizations.is_none() && pending.token().needs_organizations() {
-            return Err(Error::new(
-                ErrorKind::TokenInvalid,
-                format!(
-                    "token {:?} uses aws_organization_id rules but this verifier has no Organizations lookup configured",
-                    bounded_name(token_name)
-                ),
-            ));
-        }
-        span.record("endpoint", pending.endpoint().host());
+        let pending = match proof {
+            Proof::WebIdentityToken(jwt) => {
+                let needs = self.start_web_identity(token_name, challenge, jwt, now);
+                span.record("prepare_us", t0.elapsed().as_micros() as u64);
+                let needs = needs?;
+                let jwks = match io.jwks.get() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let made = Arc::new(JwksCache::new()?);
+                        io.jwks.get_or_init(|| made).clone()
+                    }
+                };
+                let keys = tokio::time::timeout(io.deadline, jwks.keys_for(needs.issuer(), needs.kid()))
+                    .await
+                    .map_err(|_| {
+                        Error::new(ErrorKind::StsUnavailable, "the issuer's keys did not arrive within the deadline")
+                            .with_retryable(true)
+                    })??;
+                needs.resume(&keys)?
+            }
+            other => {
+                let pending = self.start(token_name, challenge, other, now);
+                span.record("prepare_us", t0.elapsed().as_micros() as u64);
+                pending?
+            }
+        };
+        let transport = match pending.endpoint() {
+            Some(endpoint) => {
+                span.record("endpoint", endpoint.host());
+                if io.organizations.is_none() && pending.token().needs_organizations() {
+                    return Err(Error::new(
+                        ErrorKind::TokenInvalid,
+                        format!(
+                            "token {:?} uses aws_organization_id rules but this verifier has no Organizations lookup configured",
+                            bounded_name(token_name)
+                        ),
+                    ));
+                }
+                Some(io.transport.as_deref().ok_or_else(no_transport)?)
+            }
+            None => {
+                span.record("endpoint", "offline");
+                None
+            }
+        };
         // Single use: claimed after every local check, before anything is sent.
         let claimed = match &io.guard {
             Some(guard) => pending.claim(guard.as_ref()).await?,
             None => pending.single_use_by_caller(),
+        };
+        let Some(transport) = transport else {
+            // Checked offline: the identity and its organization are in the proof.
+            return claimed.conclude_offline()?.into_verdict();
         };
         // Retries stop at the deadline and before the proof would no longer be fresh.
         let fresh_for = claimed.fresh_until().duration_since(now).unwrap_or(Duration::ZERO);
@@ -240,7 +295,10 @@ async fn round_trips(
     loop {
         attempt += 1;
         span.record("attempts", attempt);
-        let result = transport.call(AwsCall::replay(claimed.replay())).await.and_then(|a| claimed.conclude(&a));
+        let Some(replay) = claimed.replay() else {
+            return claimed.conclude_offline();
+        };
+        let result = transport.call(AwsCall::replay(replay)).await.and_then(|a| claimed.conclude(&a));
         let err = match result {
             Err(e) if e.kind() == ErrorKind::StsUnavailable => e,
             other => return other,

@@ -8,6 +8,8 @@ pub(crate) mod credentials;
 pub(crate) mod driver;
 pub(crate) mod files;
 #[cfg(feature = "io")]
+pub(crate) mod jwks;
+#[cfg(feature = "io")]
 pub mod organizations;
 #[cfg(feature = "io")]
 pub(crate) mod replay;

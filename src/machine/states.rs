@@ -26,6 +26,7 @@ use crate::core::matcher::Subject;
 use crate::core::membership::Membership;
 use crate::core::proof::CheckedProof;
 use crate::core::proof::Replay;
+use crate::core::proof::policy::RequestPolicy;
 use crate::core::response::{HttpAnswer, StsAnswer, parse_sts_response};
 use crate::core::token::Token;
 use crate::core::token::role::Role;
@@ -40,6 +41,22 @@ pub(crate) struct Checked {
     pub(crate) fresh_until: SystemTime,
     /// The time the join is judged at.
     pub(crate) now: SystemTime,
+}
+
+impl Checked {
+    /// Single use lasts as long as the proof could be replayed: its freshness window, or the
+    /// keyed challenge's life when that ends first.
+    pub(crate) fn new(
+        token: Arc<Token>,
+        proof: CheckedProof,
+        policy: &RequestPolicy,
+        keyed_expiry: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Self {
+        let fresh_until = proof.fresh_until(policy);
+        let claim_until = keyed_expiry.map_or(fresh_until, |e| e.min(fresh_until));
+        Self { token, proof, claim_until, fresh_until, now }
+    }
 }
 
 /// A join whose proof, challenge and token passed every local check, waiting for single use to
@@ -64,7 +81,7 @@ impl fmt::Debug for PendingClaim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingClaim")
             .field("token", &self.checked.token.name())
-            .field("endpoint", &self.endpoint().host())
+            .field("endpoint", &self.endpoint().map(Endpoint::host))
             .field("claim_until", &self.checked.claim_until)
             .finish_non_exhaustive()
     }
@@ -98,9 +115,10 @@ impl PendingClaim {
         &self.checked.token
     }
 
-    /// The STS endpoint the proof is signed for.
-    pub fn endpoint(&self) -> &'static Endpoint {
-        self.checked.proof.replay().endpoint()
+    /// The STS endpoint the proof is replayed to; `None` for a proof checked offline (a web
+    /// identity token).
+    pub fn endpoint(&self) -> Option<&'static Endpoint> {
+        self.checked.proof.replay().map(Replay::endpoint)
     }
 
     /// The join goes on if this claim was the first: [`ClaimResult::AlreadyClaimed`] is refused
@@ -133,14 +151,15 @@ impl fmt::Debug for Claimed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Claimed")
             .field("token", &self.checked.token.name())
-            .field("replay", self.checked.proof.replay())
+            .field("replay", &self.checked.proof.replay())
             .finish_non_exhaustive()
     }
 }
 
 impl Claimed {
-    /// The request to send to STS, as is.
-    pub fn replay(&self) -> &Replay {
+    /// The request to send to STS, as is; `None` when the proof was checked offline (a web
+    /// identity token): then [`Claimed::conclude_offline`].
+    pub fn replay(&self) -> Option<&Replay> {
         self.checked.proof.replay()
     }
 
@@ -164,9 +183,31 @@ impl Claimed {
     /// must decide, or a refusal (`sts_unavailable` when a retry may help). Emits the span
     /// `iam_join.conclude` (`outcome`).
     pub fn conclude(&self, answer: &HttpAnswer) -> Result<Concluded, Error> {
+        self.concluding(|| self.read(answer).and_then(|a| conclude(&self.checked.token, a)))
+    }
+
+    /// Matches the identity a proof checked offline (a web identity token) proved against the
+    /// token; organization rules are decided from the proof's own organization claims, so the
+    /// answer is never [`Concluded::NeedsMembership`]. `config_invalid` for a proof that needs
+    /// STS's answer ([`Claimed::replay`] is `Some`). Emits the span `iam_join.conclude`.
+    pub fn conclude_offline(&self) -> Result<Concluded, Error> {
+        self.concluding(|| match &self.checked.proof {
+            #[cfg(feature = "web-identity")]
+            CheckedProof::WebIdentity(t) => {
+                let answer = StsAnswer { identity: t.identity.clone(), request_id: None };
+                match conclude(&self.checked.token, answer)? {
+                    Concluded::NeedsMembership(q) => q.resume(&t.membership).map(Concluded::Allowed),
+                    done => Ok(done),
+                }
+            }
+            _ => Err(Error::config_invalid("this proof is checked by STS: send Claimed::replay and conclude")),
+        })
+    }
+
+    fn concluding(&self, f: impl FnOnce() -> Result<Concluded, Error>) -> Result<Concluded, Error> {
         let span = tracing::info_span!("iam_join.conclude", outcome = tracing::field::Empty);
         let _enter = span.enter();
-        let result = self.read(answer).and_then(|a| conclude(&self.checked.token, a));
+        let result = f();
         span.record(
             "outcome",
             match &result {
@@ -182,8 +223,13 @@ impl Claimed {
     /// identity of another partition (an `aws-us-gov` ARN from `sts.amazonaws.com`) is no answer
     /// STS gives.
     fn read(&self, answer: &HttpAnswer) -> Result<StsAnswer, Error> {
+        let Some(replay) = self.checked.proof.replay() else {
+            return Err(Error::config_invalid(
+                "this proof was checked offline: conclude it with Claimed::conclude_offline",
+            ));
+        };
         let parsed = parse_sts_response(answer.status, answer.content_type.as_deref(), &answer.body)?;
-        let (got, endpoint) = (parsed.identity.arn().partition(), self.checked.proof.replay().endpoint());
+        let (got, endpoint) = (parsed.identity.arn().partition(), replay.endpoint());
         if got != endpoint.partition() {
             return Err(Error::new(
                 ErrorKind::StsResponseInvalid,

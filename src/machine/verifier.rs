@@ -12,8 +12,11 @@ use arc_swap::ArcSwap;
 use crate::core::challenge::{self, Challenge, ChallengeKeys};
 use crate::core::error::{Error, ErrorKind};
 use crate::core::proof::policy::RequestPolicy;
+#[cfg(feature = "web-identity")]
+use crate::core::proof::web_identity::{IssuerKeys, IssuerUrl, UncheckedToken, WebIdentityPolicy};
 use crate::core::proof::{CheckedProof, Proof};
 use crate::core::text::bounded_name;
+use crate::core::token::Token;
 use crate::core::token::set::TokenSet;
 use crate::machine::states::{Checked, PendingClaim};
 
@@ -46,6 +49,8 @@ struct Shared {
 pub(crate) struct Config {
     pub(crate) policy: RequestPolicy,
     pub(crate) keys: Option<ChallengeKeys>,
+    #[cfg(feature = "web-identity")]
+    pub(crate) web_identity: Option<WebIdentityPolicy>,
     /// The I/O edge's part of the configuration (transport, replay guard, Organizations client,
     /// retries, deadline), held opaquely: this layer knows nothing of I/O, the edge reads its
     /// own type back (`io::driver`).
@@ -69,6 +74,8 @@ pub struct VerifierBuilder {
     tokens: TokenSet,
     policy: RequestPolicy,
     keys: Option<ChallengeKeys>,
+    #[cfg(feature = "web-identity")]
+    web_identity: Option<WebIdentityPolicy>,
     pub(crate) extension: Option<Box<dyn Any + Send + Sync>>,
 }
 
@@ -94,10 +101,24 @@ impl VerifierBuilder {
         self
     }
 
+    /// Accepts web identity tokens ([`Proof::WebIdentityToken`]) that name this policy's
+    /// audience, from the issuer it pins for their account (feature `web-identity`).
+    #[cfg(feature = "web-identity")]
+    pub fn web_identity(mut self, policy: WebIdentityPolicy) -> Self {
+        self.web_identity = Some(policy);
+        self
+    }
+
     /// The verifier. Its configuration cannot change after this; its token set can
     /// ([`Verifier::replace_tokens`]).
     pub fn build(self) -> Verifier {
-        let config = Config { policy: self.policy, keys: self.keys, extension: self.extension.map(Arc::from) };
+        let config = Config {
+            policy: self.policy,
+            keys: self.keys,
+            #[cfg(feature = "web-identity")]
+            web_identity: self.web_identity,
+            extension: self.extension.map(Arc::from),
+        };
         Verifier { shared: Arc::new(Shared { tokens: ArcSwap::from_pointee(self.tokens), config }) }
     }
 }
@@ -105,7 +126,14 @@ impl VerifierBuilder {
 impl Verifier {
     /// A builder, starting from the tokens to verify joins against.
     pub fn builder(tokens: TokenSet) -> VerifierBuilder {
-        VerifierBuilder { tokens, policy: RequestPolicy::new(), keys: None, extension: None }
+        VerifierBuilder {
+            tokens,
+            policy: RequestPolicy::new(),
+            keys: None,
+            #[cfg(feature = "web-identity")]
+            web_identity: None,
+            extension: None,
+        }
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -157,6 +185,36 @@ impl Verifier {
             .ok_or_else(|| Error::config_invalid("keyed challenges need a key ring: VerifierBuilder::challenge_keys"))
     }
 
+    /// The challenge the proof must have signed (`None`: read from the proof, checked against
+    /// the key ring once the proof is), and a keyed challenge's expiry.
+    fn issued<'c>(
+        &self,
+        token_name: &str,
+        challenge: Challenge<'c>,
+        now: SystemTime,
+    ) -> Result<(Option<&'c str>, Option<SystemTime>), Error> {
+        Ok(match challenge {
+            Challenge::Plain(c) => {
+                challenge::check_issued(c)?;
+                (Some(c), None)
+            }
+            Challenge::Keyed(c) => (Some(c), Some(self.keys()?.check(c, token_name, now)?.expires())),
+            Challenge::KeyedInRequest => (None, None),
+        })
+    }
+
+    /// The token, checked last so that a malformed proof is refused alike for every token name.
+    fn token(&self, token_name: &str, now: SystemTime) -> Result<Arc<Token>, Error> {
+        let token = self.shared.tokens.load().lookup(token_name)?.clone();
+        if token.is_expired(now) {
+            return Err(Error::new(
+                ErrorKind::TokenInvalid,
+                format!("token {:?} has expired", bounded_name(token_name)),
+            ));
+        }
+        Ok(token)
+    }
+
     fn check(
         &self,
         token_name: &str,
@@ -165,32 +223,97 @@ impl Verifier {
         now: SystemTime,
     ) -> Result<Checked, Error> {
         let policy = &self.shared.config.policy;
-        // The challenge the proof must have signed, checked first; a keyed one read from the
-        // proof is checked once the proof is.
-        let (issued, mut keyed_expiry) = match challenge {
-            Challenge::Plain(c) => {
-                challenge::check_issued(c)?;
-                (Some(c), None)
-            }
-            Challenge::Keyed(c) => (Some(c), Some(self.keys()?.check(c, token_name, now)?.expires())),
-            Challenge::KeyedInRequest => (None, None),
-        };
+        let (issued, mut keyed_expiry) = self.issued(token_name, challenge, now)?;
         let proof = CheckedProof::check(proof, issued, policy, now)?;
         if issued.is_none() {
             keyed_expiry = Some(self.keys()?.check(proof.signed_challenge(), token_name, now)?.expires());
         }
-        // The token last, so that a malformed proof is refused alike for every token name.
-        let token = self.shared.tokens.load().lookup(token_name)?.clone();
-        if token.is_expired(now) {
-            return Err(Error::new(
-                ErrorKind::TokenInvalid,
-                format!("token {:?} has expired", bounded_name(token_name)),
-            ));
-        }
-        // Single use lasts as long as the proof could be replayed: its freshness window, or the
-        // keyed challenge's life when that ends first.
-        let fresh_until = proof.signed_at() + policy.skew();
-        let until = keyed_expiry.map_or(fresh_until, |e| e.min(fresh_until));
-        Ok(Checked { token, proof, claim_until: until, fresh_until, now })
+        let token = self.token(token_name, now)?;
+        Ok(Checked::new(token, proof, policy, keyed_expiry, now))
+    }
+
+    /// The first state of a join whose proof is a web identity token: checks the challenge, the
+    /// token's shape, header and claims (issuer pinned for its account, audiences, time) and the
+    /// provision token, then asks for the pinned issuer's keys ([`NeedsKeys`]) to check the
+    /// signature. Feature `web-identity`; `config_invalid` without
+    /// [`VerifierBuilder::web_identity`].
+    #[cfg(feature = "web-identity")]
+    pub fn start_web_identity(
+        &self,
+        token_name: &str,
+        challenge: Challenge<'_>,
+        web_identity_token: &[u8],
+        now: SystemTime,
+    ) -> Result<NeedsKeys, Error> {
+        let span =
+            tracing::info_span!("iam_join.prepare", token = bounded_name(token_name), outcome = tracing::field::Empty);
+        let _enter = span.enter();
+        let result = (|| {
+            let config = &self.shared.config;
+            let web = config.web_identity.as_ref().ok_or_else(|| {
+                Error::config_invalid(
+                    "this verifier takes no web identity tokens: configure VerifierBuilder::web_identity",
+                )
+            })?;
+            let (issued, mut keyed_expiry) = self.issued(token_name, challenge, now)?;
+            let unchecked = UncheckedToken::parse(web_identity_token, issued, web, &config.policy, now)?;
+            if issued.is_none() {
+                keyed_expiry = Some(self.keys()?.check(unchecked.challenge(), token_name, now)?.expires());
+            }
+            let token = self.token(token_name, now)?;
+            Ok(NeedsKeys { token, unchecked, policy: config.policy.clone(), keyed_expiry, now })
+        })();
+        span.record("outcome", result.as_ref().map_or_else(|e: &Error| e.kind().as_str(), |_| "needs_keys"));
+        result
+    }
+}
+
+/// A web identity join waiting for the pinned issuer's keys: fetch the JWKS of
+/// [`NeedsKeys::issuer`] (from its OpenID configuration, on its own origin only), then
+/// [`NeedsKeys::resume`]. The async `verify` does this with a [`JwksCache`](crate::JwksCache).
+#[cfg(feature = "web-identity")]
+#[must_use = "the join goes on once the signature is checked"]
+pub struct NeedsKeys {
+    token: Arc<Token>,
+    unchecked: UncheckedToken,
+    policy: RequestPolicy,
+    keyed_expiry: Option<SystemTime>,
+    now: SystemTime,
+}
+
+#[cfg(feature = "web-identity")]
+impl fmt::Debug for NeedsKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NeedsKeys")
+            .field("issuer", self.unchecked.issuer())
+            .field("kid", &self.unchecked.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "web-identity")]
+impl NeedsKeys {
+    /// The issuer pinned for the token's account: the only place its keys may come from.
+    pub fn issuer(&self) -> &IssuerUrl {
+        self.unchecked.issuer()
+    }
+
+    /// The key id the token names.
+    pub fn kid(&self) -> &str {
+        self.unchecked.kid()
+    }
+
+    /// The time the join is judged at.
+    pub fn now(&self) -> SystemTime {
+        self.now
+    }
+
+    /// Checks the signature with the issuer's keys: `signature_rejected` for a bad signature or
+    /// a `kid` the keys do not hold, `malformed_request` for an `alg` that does not fit the key.
+    /// Next: decide single use on the [`PendingClaim`].
+    pub fn resume(self, keys: &IssuerKeys) -> Result<PendingClaim, Error> {
+        let verified = self.unchecked.verify(keys)?;
+        let proof = CheckedProof::WebIdentity(verified);
+        Ok(PendingClaim::new(Checked::new(self.token, proof, &self.policy, self.keyed_expiry, self.now)))
     }
 }

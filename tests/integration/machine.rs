@@ -40,7 +40,7 @@ async fn by_hand_the_sts_step_is_reached_only_through_a_claim() {
     // A memory guard passed through the machine: the first join goes on, its replay is refused.
     let guard = MemoryReplayGuard::default();
     let claimed = pending.claim(&guard).await.unwrap();
-    let answer = http.call(AwsCall::replay(claimed.replay())).await.unwrap();
+    let answer = http.call(AwsCall::replay(claimed.replay().expect("a forwarded proof is replayed"))).await.unwrap();
     let Concluded::Allowed(verdict) = claimed.conclude(&answer).unwrap() else { panic!("no organization rule") };
     assert_eq!(verdict.identity().arn().as_str(), "arn:aws:iam::111111111111:user/ci-deployer");
     let e = start().unwrap().claim(&guard).await.unwrap_err();
@@ -48,7 +48,7 @@ async fn by_hand_the_sts_step_is_reached_only_through_a_claim() {
     assert_eq!(sts.requests(), 1, "the replay reached no STS");
     // Single use left to the caller is a decision too, made by name.
     let claimed = start().unwrap().single_use_by_caller();
-    assert_eq!(claimed.replay().endpoint().host(), "sts.amazonaws.com");
+    assert_eq!(claimed.replay().expect("replayed").endpoint().host(), "sts.amazonaws.com");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

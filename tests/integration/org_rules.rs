@@ -114,7 +114,7 @@ impl SansIo {
         now: SystemTime,
     ) -> Result<iam_join::Verdict, iam_join::Error> {
         let claimed = self.v.start(token, Challenge::Plain(c), Proof::Forwarded(raw), now)?.single_use_by_caller();
-        let answer = self.sts.call(AwsCall::replay(claimed.replay())).await?;
+        let answer = self.sts.call(AwsCall::replay(claimed.replay().expect("a forwarded proof is replayed"))).await?;
         match claimed.conclude(&answer)? {
             Concluded::Allowed(verdict) => Ok(verdict),
             Concluded::NeedsMembership(query) => {

@@ -181,7 +181,7 @@ async fn sans_io_prepare_and_conclude() {
     let pending =
         v.start("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now()).unwrap();
     let claimed = pending.single_use_by_caller();
-    assert_eq!(claimed.replay().url(), "https://sts.eu-west-1.amazonaws.com/");
+    assert_eq!(claimed.replay().expect("replayed").url(), "https://sts.eu-west-1.amazonaws.com/");
     let answer = |content_type: &str, body: Vec<u8>| iam_join::HttpAnswer::new(200, Some(content_type), body);
     let body = std::fs::read(crate::common::vectors("sts/ok_assumed_role.xml")).unwrap();
     // The recorded identity is in account 123456789012, which this token does not allow.
@@ -269,7 +269,12 @@ async fn a_custom_transport_reports_a_refused_connection_as_sts_unavailable_with
         .unwrap()
         .single_use_by_caller();
     let own = OwnTransport(addr);
-    let e = iam_join::AwsTransport::call(&own, iam_join::AwsCall::replay(claimed.replay())).await.unwrap_err();
+    let e = iam_join::AwsTransport::call(
+        &own,
+        iam_join::AwsCall::replay(claimed.replay().expect("a forwarded proof is replayed")),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::StsUnavailable);
     // verify on a verifier without a transport is a setup mistake, not a join outcome.
     let e = v.verify("iam-token", Challenge::Plain(&c), Proof::Forwarded(b""), SystemTime::now()).await.unwrap_err();

@@ -264,23 +264,7 @@ impl ForwardedRequest {
         if !amz_date.starts_with(auth.date) {
             return Err(malformed("the Credential scope date is not the date of X-Amz-Date"));
         }
-        let skew = match now.duration_since(signed_at) {
-            Ok(age) => age,
-            Err(ahead) => ahead.duration(),
-        };
-        if skew > policy.max_skew {
-            let when = if signed_at > now { "in the future" } else { "old" };
-            // The client may know how old its request is; the window is the server's setting.
-            return Err(Error::new(
-                ErrorKind::RequestExpired,
-                format!(
-                    "X-Amz-Date is {}s {when}, beyond the allowed {}s; the agent must sign a new request",
-                    skew.as_secs(),
-                    policy.max_skew.as_secs()
-                ),
-            )
-            .with_client_fact(format!("X-Amz-Date is {}s {when}", skew.as_secs())));
-        }
+        policy.check_fresh("X-Amz-Date", signed_at, now)?;
 
         let endpoint = policy.endpoints.check(host)?;
         if auth.region != endpoint.signing_region() {

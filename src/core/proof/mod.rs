@@ -14,14 +14,18 @@
 
 pub(crate) mod forwarded;
 pub(crate) mod policy;
+pub(crate) mod presigned;
 pub(crate) mod replay;
+#[cfg(feature = "web-identity")]
+pub(crate) mod web_identity;
 
 use std::fmt;
 use std::time::SystemTime;
 
-use crate::core::error::Error;
+use crate::core::error::{Error, ErrorKind};
 use crate::core::proof::forwarded::ForwardedRequest;
 use crate::core::proof::policy::RequestPolicy;
+use crate::core::proof::presigned::PresignedUrl;
 pub use crate::core::proof::replay::{Method, Replay};
 
 /// What an agent sent to prove its AWS identity.
@@ -31,6 +35,17 @@ pub enum Proof<'a> {
     /// The raw HTTP/1.1 bytes of a signed `POST / Action=GetCallerIdentity` (what Teleport
     /// agents send, and `iam-join sign` writes), replayed to STS as it was signed.
     Forwarded(&'a [u8]),
+    /// A presigned `GET /?Action=GetCallerIdentity…` URL, or the EKS token `k8s-aws-v1.` +
+    /// unpadded base64url of it (what `aws eks get-token --cluster-name <challenge>` prints),
+    /// as received (at most [`MAX_PRESIGNED_BYTES`](crate::MAX_PRESIGNED_BYTES)). The challenge
+    /// is not in it: the replay carries the issued one in the signed challenge header.
+    Presigned(&'a [u8]),
+    /// A web identity token from `sts:GetWebIdentityToken` (a JWT, at most
+    /// [`MAX_WEB_IDENTITY_TOKEN_BYTES`](crate::MAX_WEB_IDENTITY_TOKEN_BYTES)), requested with the
+    /// verifier's audience and the challenge as its audiences; checked offline against the
+    /// issuer pinned for its account (feature `web-identity`, on with `io`).
+    #[cfg(feature = "web-identity")]
+    WebIdentityToken(&'a [u8]),
 }
 
 /// Lengths only: a proof is a bearer value while it is fresh.
@@ -38,6 +53,9 @@ impl fmt::Debug for Proof<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Proof::Forwarded(raw) => write!(f, "Forwarded(<{} bytes>)", raw.len()),
+            Proof::Presigned(raw) => write!(f, "Presigned(<{} bytes>)", raw.len()),
+            #[cfg(feature = "web-identity")]
+            Proof::WebIdentityToken(raw) => write!(f, "WebIdentityToken(<{} bytes>)", raw.len()),
         }
     }
 }
@@ -47,6 +65,10 @@ impl fmt::Debug for Proof<'_> {
 #[derive(Clone, Debug)]
 pub(crate) enum CheckedProof {
     Forwarded(ForwardedRequest),
+    Presigned(PresignedUrl),
+    /// Checked offline: nothing to replay.
+    #[cfg(feature = "web-identity")]
+    WebIdentity(web_identity::VerifiedToken),
 }
 
 impl CheckedProof {
@@ -61,6 +83,18 @@ impl CheckedProof {
                 Some(c) => ForwardedRequest::parse(raw, c, policy, now)?,
                 None => ForwardedRequest::parse_unchecked(raw, policy, now)?,
             })),
+            Proof::Presigned(raw) => match issued {
+                Some(c) => Ok(CheckedProof::Presigned(PresignedUrl::parse(raw, c, policy, now)?)),
+                // The URL does not carry its challenge: the join must say which it was issued.
+                None => Err(Error::about_request(
+                    ErrorKind::MalformedRequest,
+                    "a presigned URL does not carry its challenge: send the challenge it was issued with it",
+                )),
+            },
+            #[cfg(feature = "web-identity")]
+            Proof::WebIdentityToken(_) => Err(Error::config_invalid(
+                "a web identity token needs its issuer's keys: start it with Verifier::start_web_identity",
+            )),
         }
     }
 
@@ -68,20 +102,30 @@ impl CheckedProof {
     pub(crate) fn signed_challenge(&self) -> &str {
         match self {
             CheckedProof::Forwarded(r) => r.signed_challenge(),
+            CheckedProof::Presigned(u) => u.signed_challenge(),
+            #[cfg(feature = "web-identity")]
+            CheckedProof::WebIdentity(t) => &t.challenge,
         }
     }
 
-    /// When it was signed.
-    pub(crate) fn signed_at(&self) -> SystemTime {
+    /// When it stops being fresh: its signing time plus the allowed skew, or a presigned URL's
+    /// expiry when that comes first.
+    pub(crate) fn fresh_until(&self, policy: &RequestPolicy) -> SystemTime {
         match self {
-            CheckedProof::Forwarded(r) => r.signed_at(),
+            CheckedProof::Forwarded(r) => r.signed_at() + policy.skew(),
+            CheckedProof::Presigned(u) => u.expires_at().min(u.signed_at() + policy.skew()),
+            #[cfg(feature = "web-identity")]
+            CheckedProof::WebIdentity(t) => t.fresh_until,
         }
     }
 
-    /// The request STS must answer.
-    pub(crate) fn replay(&self) -> &Replay {
+    /// The request STS must answer; none for a proof checked offline.
+    pub(crate) fn replay(&self) -> Option<&Replay> {
         match self {
-            CheckedProof::Forwarded(r) => r.replay(),
+            CheckedProof::Forwarded(r) => Some(r.replay()),
+            CheckedProof::Presigned(u) => Some(u.replay()),
+            #[cfg(feature = "web-identity")]
+            CheckedProof::WebIdentity(_) => None,
         }
     }
 }

@@ -1,11 +1,11 @@
 //! How proofs are checked, whatever their format: which STS endpoints are trusted, which header
 //! carries the challenge, how much clock skew is allowed.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::core::challenge::DEFAULT_CHALLENGE_HEADER;
 use crate::core::endpoint::EndpointPolicy;
-use crate::core::error::Error;
+use crate::core::error::{Error, ErrorKind};
 
 /// The largest clock skew allowed between `X-Amz-Date` and `now`, and the default. STS itself
 /// refuses signatures older than 15 minutes; a wider window would only widen replays.
@@ -94,5 +94,28 @@ impl RequestPolicy {
     /// The allowed clock skew.
     pub fn skew(&self) -> Duration {
         self.max_skew
+    }
+
+    /// Refuses, as `request_expired`, a signing time (`what`, e.g. `X-Amz-Date`) further from
+    /// `now` than the allowed skew, either way. The client is told how far off its own time is,
+    /// not the window.
+    pub(crate) fn check_fresh(&self, what: &str, signed_at: SystemTime, now: SystemTime) -> Result<(), Error> {
+        let skew = match now.duration_since(signed_at) {
+            Ok(age) => age,
+            Err(ahead) => ahead.duration(),
+        };
+        if skew <= self.max_skew {
+            return Ok(());
+        }
+        let when = if signed_at > now { "in the future" } else { "old" };
+        Err(Error::new(
+            ErrorKind::RequestExpired,
+            format!(
+                "{what} is {}s {when}, beyond the allowed {}s; the agent must sign a new request",
+                skew.as_secs(),
+                self.max_skew.as_secs()
+            ),
+        )
+        .with_client_fact(format!("{what} is {}s {when}", skew.as_secs())))
     }
 }
