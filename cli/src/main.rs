@@ -87,19 +87,12 @@ enum Command {
     /// --region), or the global one when no region is found.
     ///
     /// Example: iam-join sign --challenge "$(iam-join challenge)" --accept-json
-    Sign {
-        /// The challenge the server issued.
-        #[arg(long)]
-        challenge: String,
-        #[command(flatten)]
-        agent: AgentArgs,
-        /// Sign Accept: application/json, as Teleport agents do.
-        #[arg(long)]
-        accept_json: bool,
-        /// The header carrying the challenge.
-        #[arg(long, default_value = "x-teleport-challenge")]
-        challenge_header: String,
-    },
+    ///
+    /// With --presigned: prints an EKS token (k8s-aws-v1.…) of the presigned URL, the challenge
+    /// in the signed x-k8s-aws-id header (what `aws eks get-token --cluster-name CHALLENGE`
+    /// prints). With --web-identity --audience AUD: asks STS (sts:GetWebIdentityToken) for a
+    /// token naming AUD and the challenge, and prints the JWT.
+    Sign(SignArgs),
     /// Join through an `iam-join serve`: ask for a challenge, sign with the AWS chain, submit;
     /// prints the verdict JSON. Retries retryable refusals (503) with backoff, with a new
     /// challenge each time, within --deadline.
@@ -144,20 +137,59 @@ pub(crate) struct TokenArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("proof").required(true).args(["request", "presigned", "web_identity_token"])))]
 pub(crate) struct VerifyArgs {
     #[command(flatten)]
     token: TokenArgs,
     /// The challenge the server issued for this join.
     #[arg(long)]
     challenge: String,
-    /// The captured raw HTTP request, or - for stdin.
+    /// The proof: the captured raw HTTP request (FILE, or - for stdin).
     #[arg(long)]
-    request: String,
+    request: Option<String>,
+    /// The proof: a presigned GetCallerIdentity URL or an EKS token (`aws eks get-token`),
+    /// FILE or - (one trailing newline is removed).
+    #[arg(long)]
+    presigned: Option<String>,
+    /// The proof: a web identity token from sts:GetWebIdentityToken, FILE or - (one trailing
+    /// newline is removed). Needs --web-identity-issuer and --audience.
+    #[arg(long)]
+    web_identity_token: Option<String>,
     #[command(flatten)]
     endpoints: EndpointArgs,
     /// The time to judge freshness and token expiry by (RFC 3339); default now.
     #[arg(long)]
     now: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct SignArgs {
+    /// The challenge the server issued.
+    #[arg(long)]
+    challenge: String,
+    #[command(flatten)]
+    agent: AgentArgs,
+    /// Sign Accept: application/json, as Teleport agents do.
+    #[arg(long)]
+    accept_json: bool,
+    /// The header carrying the challenge.
+    #[arg(long, default_value = "x-teleport-challenge")]
+    challenge_header: String,
+    /// Print a presigned URL's EKS token instead of a signed request.
+    #[arg(long, conflicts_with_all = ["web_identity", "accept_json"])]
+    presigned: bool,
+    /// With --presigned: print the URL itself, not the EKS token.
+    #[arg(long, requires = "presigned")]
+    url: bool,
+    /// Print a web identity token from sts:GetWebIdentityToken (needs --audience).
+    #[arg(long, requires = "audience", conflicts_with = "accept_json")]
+    web_identity: bool,
+    /// The verifier's audience, for --web-identity (the challenge is the other audience).
+    #[arg(long, requires = "web_identity")]
+    audience: Option<String>,
+    /// The web identity token's signing algorithm: RS256 or ES384.
+    #[arg(long, default_value = "RS256", value_parser = ["RS256", "ES384"])]
+    algorithm: String,
 }
 
 /// Where the agent's identity comes from: the standard AWS chain, with these overrides.
@@ -188,6 +220,16 @@ pub(crate) struct JoinArgs {
     /// Give up retrying after this many seconds.
     #[arg(long, default_value_t = 60.0)]
     deadline: f64,
+    /// The proof to join with: forwarded (the signed POST, as Teleport agents send it),
+    /// presigned (an EKS token) or web-identity (a token from sts:GetWebIdentityToken).
+    #[arg(long, default_value = "forwarded", value_parser = ["forwarded", "presigned", "web-identity"])]
+    proof: String,
+    /// The service's audience, for --proof web-identity.
+    #[arg(long)]
+    audience: Option<String>,
+    /// The web identity token's signing algorithm: RS256 or ES384.
+    #[arg(long, default_value = "RS256", value_parser = ["RS256", "ES384"])]
+    algorithm: String,
 }
 
 /// How requests are checked and where they are sent: shared by `verify` and `serve`.
@@ -213,6 +255,18 @@ pub(crate) struct EndpointArgs {
     /// Bound on the whole verification, retries included, in seconds.
     #[arg(long, env = "IAM_JOIN_TIMEOUT", default_value_t = 10.0)]
     timeout: f64,
+    /// Accept web identity tokens (sts:GetWebIdentityToken) of ACCOUNT from issuer URL (its
+    /// keys are fetched from it). Repeat per account; the variable holds a comma-separated list.
+    #[arg(
+        long = "web-identity-issuer",
+        env = "IAM_JOIN_WEB_IDENTITY_ISSUERS",
+        value_delimiter = ',',
+        value_name = "ACCOUNT=URL"
+    )]
+    web_identity_issuers: Vec<String>,
+    /// The audience web identity tokens must name (required with --web-identity-issuer).
+    #[arg(long, env = "IAM_JOIN_AUDIENCE")]
+    audience: Option<String>,
 }
 
 impl EndpointArgs {
@@ -235,6 +289,25 @@ impl EndpointArgs {
             .endpoints(endpoints)
             .challenge_header(&self.challenge_header)
             .map_err(|e| Usage(e.detail().to_owned()))
+    }
+
+    /// The web identity policy, when issuers are pinned.
+    pub(crate) fn web_identity(&self) -> Result<Option<iam_join::WebIdentityPolicy>, Usage> {
+        match (&self.audience, self.web_identity_issuers.is_empty()) {
+            (None, true) => Ok(None),
+            (Some(_), true) => Err(Usage("--audience needs at least one --web-identity-issuer ACCOUNT=URL".into())),
+            (None, false) => {
+                Err(Usage("--web-identity-issuer needs --audience (the audience tokens must name)".into()))
+            }
+            (Some(audience), false) => {
+                let mut policy =
+                    iam_join::WebIdentityPolicy::new(audience).map_err(|e| Usage(e.detail().to_owned()))?;
+                for pin in &self.web_identity_issuers {
+                    policy = policy.issuer_pin(pin).map_err(|e| Usage(e.detail().to_owned()))?;
+                }
+                Ok(Some(policy))
+            }
+        }
     }
 
     pub(crate) fn sts_transport(&self, timeout: Duration) -> Result<ReqwestTransport, Usage> {
@@ -274,9 +347,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(*args),
-        Command::Sign { challenge, agent, accept_json, challenge_header } => {
-            sign::run(&challenge, &agent, accept_json, &challenge_header)
-        }
+        Command::Sign(args) => sign::run(&args),
         Command::Join(args) => join::run(&args),
         Command::ChallengeKey { id, out } => challenge_key(&id, out.as_deref()),
         Command::Emulator(args) => emulator::run(&args),

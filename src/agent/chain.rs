@@ -22,6 +22,8 @@ use crate::io::credentials::Credentials;
 pub struct AwsChain {
     profile: Option<String>,
     region: Option<String>,
+    credentials: Option<Credentials>,
+    sts_endpoint_url: Option<String>,
 }
 
 impl AwsChain {
@@ -42,6 +44,19 @@ impl AwsChain {
         self
     }
 
+    /// Use these credentials instead of the chain's (tests, tools that already hold them).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Send this identity's own STS calls (`GetWebIdentityToken`) to this URL, as
+    /// `AWS_ENDPOINT_URL_STS` does (which the chain also reads).
+    pub fn sts_endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.sts_endpoint_url = Some(url.into());
+        self
+    }
+
     /// Resolves the credentials (and the region). Refusals are `config_invalid`, naming what the
     /// chain tried, never a secret.
     pub async fn load(&self) -> Result<ChainIdentity, Error> {
@@ -55,6 +70,12 @@ impl AwsChain {
         }
         if let Some(r) = &self.region {
             loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(c) = &self.credentials {
+            loader = loader.credentials_provider(c.to_sdk());
+        }
+        if let Some(url) = &self.sts_endpoint_url {
+            loader = loader.endpoint_url(url.clone());
         }
         let config = loader.load().await;
         let provider = config
@@ -70,6 +91,7 @@ impl AwsChain {
                 found.session_token().map(str::to_owned),
             ),
             region: config.region().map(|r| r.as_ref().to_owned()),
+            config,
         })
     }
 }
@@ -88,10 +110,20 @@ fn chain_error(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// What [`AwsChain::load`] found: credentials (zeroized, redacted in `Debug`) and the region.
-#[derive(Debug)]
 pub struct ChainIdentity {
     credentials: Credentials,
     region: Option<String>,
+    /// The chain's configuration, for this identity's own STS calls.
+    config: aws_config::SdkConfig,
+}
+
+impl std::fmt::Debug for ChainIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainIdentity")
+            .field("credentials", &self.credentials)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChainIdentity {
@@ -103,6 +135,42 @@ impl ChainIdentity {
     /// The region the chain found (or was given), if any.
     pub fn region(&self) -> Option<&str> {
         self.region.as_deref()
+    }
+
+    /// Asks STS (`sts:GetWebIdentityToken`, through the chain's configuration: the region's
+    /// endpoint, or `AWS_ENDPOINT_URL_STS`) for a web identity token naming `audiences` (the
+    /// verifier's audience and the challenge), signed with `algorithm` (`RS256` or `ES384`),
+    /// valid for `duration` (60 to 3600 s; STS's default 300 s when `None`). The account must
+    /// have enabled outbound identity federation, and the principal needs
+    /// `sts:GetWebIdentityToken`. Refusals: `config_invalid` for STS's own refusals (what the
+    /// agent must fix), `sts_unavailable` when STS could not be reached.
+    pub async fn web_identity_token(
+        &self,
+        audiences: &[&str],
+        algorithm: &str,
+        duration: Option<std::time::Duration>,
+    ) -> Result<String, Error> {
+        let client = aws_sdk_sts::Client::new(&self.config);
+        let mut call = client.get_web_identity_token().signing_algorithm(algorithm);
+        for a in audiences {
+            call = call.audience(*a);
+        }
+        if let Some(d) = duration {
+            call = call.duration_seconds(i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+        }
+        match call.send().await {
+            Ok(out) => out.web_identity_token().map(str::to_owned).ok_or_else(|| {
+                Error::new(crate::ErrorKind::StsResponseInvalid, "STS answered without a WebIdentityToken")
+            }),
+            Err(aws_sdk_sts::error::SdkError::ServiceError(e)) => {
+                Err(Error::config_invalid(format!("STS refused GetWebIdentityToken: {}", chain_error(e.err()))))
+            }
+            Err(e) => Err(Error::new(
+                crate::ErrorKind::StsUnavailable,
+                format!("GetWebIdentityToken failed: {}", chain_error(&e)),
+            )
+            .with_retryable(true)),
+        }
     }
 
     /// A join request for `challenge`, signed for this region's STS endpoint ([`sts_endpoint`](crate::agent::sts_endpoint)).

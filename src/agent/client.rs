@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::agent::chain::ChainIdentity;
-use crate::agent::sign::sign_join_request;
+use crate::agent::sign::{DEFAULT_PRESIGN_EXPIRES, eks_token, presign_join_url, sign_join_request};
 use crate::core::error::Error;
 use crate::core::text::escaped;
 use crate::io::driver::jittered_backoff;
@@ -16,6 +16,24 @@ use crate::wire::{Answer, ChallengeRequest, ChallengeResponse, JoinRequest, Refu
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The most characters of the service's text a [`JoinError`] or an [`Attempt`] quotes.
 const MAX_QUOTED_CHARS: usize = 512;
+
+/// Which proof [`JoinClient::join`] sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProofFormat {
+    /// The signed `GetCallerIdentity` POST, as Teleport agents send it.
+    Forwarded,
+    /// A presigned `GetCallerIdentity` URL, as an EKS token (what `aws eks get-token` makes).
+    Presigned,
+    /// A web identity token from `sts:GetWebIdentityToken`, naming `audience` (the service's)
+    /// and the challenge, signed with `algorithm` (`RS256` or `ES384`).
+    WebIdentity {
+        /// The audience the service expects.
+        audience: String,
+        /// `RS256` or `ES384`.
+        algorithm: String,
+    },
+}
 
 /// The client of a join service (`iam-join serve`, or any service with its wire contract).
 ///
@@ -28,11 +46,11 @@ const MAX_QUOTED_CHARS: usize = 512;
 ///
 /// ```no_run
 /// # async fn join() -> Result<(), Box<dyn std::error::Error>> {
-/// use iam_join::agent::{AwsChain, JoinClient};
+/// use iam_join::agent::{AwsChain, JoinClient, ProofFormat};
 /// use iam_join::wire::Answer;
 /// let identity = AwsChain::new().load().await?;
 /// let client = JoinClient::new("https://join.example.com")?;
-/// let answer = client.join("kube-agent", &identity, false, std::time::Duration::from_secs(60), |_| {}).await?;
+/// let answer = client.join("kube-agent", &identity, &ProofFormat::Forwarded, false, std::time::Duration::from_secs(60), |_| {}).await?;
 /// if let Answer::Allowed(a) = answer {
 ///     println!("joined as {} with roles {:?}", a.identity.arn, a.roles);
 /// }
@@ -134,6 +152,7 @@ impl JoinClient {
         &self,
         token: &str,
         identity: &ChainIdentity,
+        format: &ProofFormat,
         fips: bool,
         deadline: Duration,
         mut on_retry: impl FnMut(Attempt<'_>),
@@ -144,7 +163,7 @@ impl JoinClient {
         let mut last_refusal = None;
         loop {
             number += 1;
-            let outcome = self.once(token, identity, fips, end).await;
+            let outcome = self.once(token, identity, format, fips, end).await;
             let retry_in = jittered_backoff(number, Duration::from_millis(250), Duration::from_secs(5), 0.25);
             let time_left = Instant::now() + retry_in < end;
             match outcome {
@@ -169,7 +188,14 @@ impl JoinClient {
     }
 
     /// One join: challenge, sign, submit, each exchange bounded by the time left until `end`.
-    async fn once(&self, token: &str, identity: &ChainIdentity, fips: bool, end: Instant) -> Result<Answer, Failure> {
+    async fn once(
+        &self,
+        token: &str,
+        identity: &ChainIdentity,
+        format: &ProofFormat,
+        fips: bool,
+        end: Instant,
+    ) -> Result<Answer, Failure> {
         let url = format!("{}/v1/challenge", self.base);
         let (status, body) = self.post(&url, &ChallengeRequest::new(token), end).await?;
         let issued = match serde_json::from_slice::<ChallengeResponse>(&body) {
@@ -188,14 +214,33 @@ impl JoinClient {
                 escaped(&challenge, MAX_QUOTED_CHARS)
             )));
         }
-        let raw = sign_join_request(
-            identity.credentials(),
-            &identity.join_request(challenge.as_str(), fips),
-            SystemTime::now(),
-        )
-        .map_err(|e| Failure::Local(format!("signing the join failed: {}", e.detail())))?;
+        let local = |what: &str, e: crate::core::error::Error| Failure::Local(format!("{what} failed: {}", e.detail()));
+        let join = identity.join_request(challenge.as_str(), fips);
+        let request = match format {
+            ProofFormat::Forwarded => {
+                let raw = sign_join_request(identity.credentials(), &join, SystemTime::now())
+                    .map_err(|e| local("signing the join", e))?;
+                JoinRequest::forwarded(token, challenge, &raw)
+            }
+            ProofFormat::Presigned => {
+                let url = presign_join_url(identity.credentials(), &join, DEFAULT_PRESIGN_EXPIRES, SystemTime::now())
+                    .map_err(|e| local("presigning the join", e))?;
+                JoinRequest::presigned(token, challenge, eks_token(&url))
+            }
+            ProofFormat::WebIdentity { audience, algorithm } => {
+                let audiences = [audience.as_str(), challenge.as_str()];
+                let asked = identity.web_identity_token(&audiences, algorithm, None);
+                let jwt = match tokio::time::timeout(end.saturating_duration_since(Instant::now()), asked).await {
+                    Ok(Ok(jwt)) => jwt,
+                    Ok(Err(e)) if e.is_retryable() => return Err(Failure::Remote(e.detail().to_owned())),
+                    Ok(Err(e)) => return Err(local("asking STS for a web identity token", e)),
+                    Err(_) => return Err(Failure::Remote("STS gave no web identity token before the deadline".into())),
+                };
+                JoinRequest::web_identity(token, challenge, jwt)
+            }
+        };
         let url = format!("{}/v1/join", self.base);
-        let (status, body) = self.post(&url, &JoinRequest::forwarded(token, challenge, &raw), end).await?;
+        let (status, body) = self.post(&url, &request, end).await?;
         Answer::from_slice(&body).map_err(|_| Failure::Remote(format!("{url}: HTTP {status}, not a join answer")))
     }
 

@@ -9,5 +9,5 @@ mod sign;
 
 pub use crate::io::credentials::Credentials;
 pub use chain::{AwsChain, ChainIdentity};
-pub use client::{Attempt, JoinClient, JoinError, MAX_ANSWER_BYTES};
-pub use sign::{JoinRequest, sign_join_request, sts_endpoint};
+pub use client::{Attempt, JoinClient, JoinError, MAX_ANSWER_BYTES, ProofFormat};
+pub use sign::{DEFAULT_PRESIGN_EXPIRES, JoinRequest, eks_token, presign_join_url, sign_join_request, sts_endpoint};

@@ -8,7 +8,7 @@ use crate::core::challenge::DEFAULT_CHALLENGE_HEADER;
 use crate::core::endpoint::Endpoint;
 use crate::core::error::Error;
 use crate::core::proof::forwarded::GET_CALLER_IDENTITY_BODY;
-use crate::io::credentials::{Credentials, sign_headers};
+use crate::io::credentials::{Credentials, presign_query, sign_headers};
 
 /// What to sign.
 #[derive(Clone, Debug)]
@@ -154,6 +154,72 @@ pub fn sign_join_request(creds: &Credentials, join: &JoinRequest, time: SystemTi
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(GET_CALLER_IDENTITY_BODY);
     Ok(out)
+}
+
+/// How long a presigned join URL stays valid by default: 60 s, as `aws eks get-token` signs it.
+pub const DEFAULT_PRESIGN_EXPIRES: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// SigV4's URI encoding for query values.
+fn query_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Presigns the join as a URL: `GET https://<endpoint>/?Action=GetCallerIdentity&Version=2011-06-15`
+/// and the SigV4 query, with the challenge in the signed header `x-k8s-aws-id` (as
+/// `aws eks get-token --cluster-name <challenge>` signs it), valid for `expires` (1 to 900 s).
+/// The challenge is not in the URL: the verifier replays it with the challenge it issued.
+///
+/// ```
+/// use iam_join::agent::{Credentials, JoinRequest, eks_token, presign_join_url};
+/// let creds = Credentials::new("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", None);
+/// let url = presign_join_url(&creds, &JoinRequest::new("challenge").region("eu-west-1"),
+///     iam_join::agent::DEFAULT_PRESIGN_EXPIRES, std::time::SystemTime::now()).unwrap();
+/// assert!(url.starts_with("https://sts.eu-west-1.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15&"));
+/// assert!(url.contains("X-Amz-SignedHeaders=host%3Bx-k8s-aws-id") && !url.contains("challenge"));
+/// assert!(eks_token(&url).starts_with("k8s-aws-v1."));
+/// ```
+pub fn presign_join_url(
+    creds: &Credentials,
+    join: &JoinRequest,
+    expires: std::time::Duration,
+    time: SystemTime,
+) -> Result<String, Error> {
+    if !(1..=crate::core::proof::presigned::MAX_PRESIGNED_EXPIRES).contains(&expires.as_secs()) {
+        return Err(Error::config_invalid("a presigned join URL expires after 1 to 900 seconds"));
+    }
+    let endpoint = join.endpoint()?;
+    let host = endpoint.host();
+    let base = "Action=GetCallerIdentity&Version=2011-06-15";
+    let header = crate::core::proof::presigned::EKS_CHALLENGE_HEADER;
+    let signed = [("host", host), (header, join.challenge.as_str())];
+    let params = presign_query(creds, "sts", endpoint.signing_region(), host, base, &signed, expires, time)?;
+    let mut url = format!("https://{host}/?{base}");
+    for (name, value) in params {
+        url.push('&');
+        url.push_str(&query_encode(&name));
+        url.push('=');
+        url.push_str(&query_encode(&value));
+    }
+    Ok(url)
+}
+
+/// The EKS token of a presigned URL: `k8s-aws-v1.` and the URL in unpadded base64url.
+pub fn eks_token(url: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "{}{}",
+        crate::core::proof::presigned::EKS_TOKEN_PREFIX,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(url)
+    )
 }
 
 #[cfg(test)]

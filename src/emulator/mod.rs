@@ -8,22 +8,31 @@
 //! `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`. So the AWS SDKs' web identity provider
 //! (aws-config's, botocore's), pointed at it with `AWS_ENDPOINT_URL_STS`, works against it.
 //!
+//! It answers presigned `GET /?Action=GetCallerIdentity&…` URLs too, checking their query
+//! signature (and expiry) as STS does, and plays outbound identity federation:
+//! `GetWebIdentityToken` (signed) returns a JWT with AWS's claims, signed RS256 or ES384, and each
+//! account's issuer ([`StsEmulator::issuer_url`]) serves its OpenID configuration and JWKS on the
+//! same address; [`StsEmulatorBuilder::organization`] puts an account in an organization for the
+//! token's `org_id` and `ou_path` claims.
+//!
 //! Plain HTTP on a loopback address only; point a transport at it with
 //! [`crate::EndpointOverride::Url`]. It is not STS and not for production.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::core::response::STS_NAMESPACE;
+
+mod sigv4;
+mod web_identity;
+
+use sigv4::{Signed, canonical_query, decode_query, payload_hash, signature};
 
 /// A principal the emulator knows.
 #[derive(Clone)]
@@ -100,13 +109,21 @@ pub const MAX_EMULATED_SESSIONS: usize = 10_000;
 /// How long the credentials of a role session last unless `DurationSeconds` says otherwise.
 const SESSION_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// What the emulator knows: fixed principals, roles, and the sessions of those roles.
+/// A role session: its credentials, when they expire, and the role's IAM ARN.
+type Session = (EmulatedPrincipal, SystemTime, String);
+
+/// What the emulator knows: fixed principals, roles, the sessions of those roles, where accounts
+/// sit in organizations, and its issuers' keys.
 #[derive(Debug, Default)]
 struct Directory {
     principals: Vec<EmulatedPrincipal>,
     roles: Vec<EmulatedRole>,
-    /// Role sessions, oldest first, each with when its credentials expire.
-    sessions: Mutex<VecDeque<(EmulatedPrincipal, SystemTime)>>,
+    /// Role sessions, oldest first.
+    sessions: Mutex<VecDeque<Session>>,
+    placements: Vec<web_identity::Placement>,
+    /// `http://ADDR`, known once listening.
+    base: String,
+    signer: Option<web_identity::Signer>,
 }
 
 /// Configures an emulator: its principals, its roles, and where it listens.
@@ -129,6 +146,17 @@ impl StsEmulatorBuilder {
         self
     }
 
+    /// Puts `account` in organization `org_id` under `ou_path` (`o-…/r-…/ou-…/…/`, root first), for
+    /// the organization claims of its web identity tokens.
+    pub fn organization(mut self, account: &str, org_id: &str, ou_path: &str) -> Self {
+        self.directory.placements.push(web_identity::Placement {
+            account: account.to_owned(),
+            org_id: org_id.to_owned(),
+            ou_path: ou_path.to_owned(),
+        });
+        self
+    }
+
     /// Listens here instead of an ephemeral port on 127.0.0.1; a loopback address only.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
@@ -143,7 +171,10 @@ impl StsEmulatorBuilder {
         let listener = TcpListener::bind(self.listen).await?;
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicUsize::new(0));
-        let directory = Arc::new(self.directory);
+        let mut directory = self.directory;
+        directory.base = format!("http://{addr}");
+        directory.signer = Some(web_identity::Signer::new()?);
+        let directory = Arc::new(directory);
         let counter = served.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -193,9 +224,15 @@ impl StsEmulator {
         self.addr
     }
 
-    /// How many requests it has answered.
+    /// How many requests it has answered (issuer documents included).
     pub fn requests(&self) -> usize {
         self.served.load(Ordering::SeqCst)
+    }
+
+    /// The web identity issuer of `account`: `http://ADDR/issuers/ACCOUNT`, which serves
+    /// `/.well-known/openid-configuration` and `/.well-known/jwks.json` below it.
+    pub fn issuer_url(&self, account: &str) -> String {
+        web_identity::issuer(&format!("http://{}", self.addr), account)
     }
 }
 
@@ -244,20 +281,6 @@ async fn serve(mut stream: TcpStream, directory: &Directory, served: &AtomicUsiz
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
-
 const REQUEST_ID: &str = "4c0ac7f4-2a9f-4f8a-9c5f-5d3b2a1f0e9d";
 
 fn error(status: u16, code: &str, message: &str, json: bool) -> (u16, &'static str, String) {
@@ -290,17 +313,28 @@ fn answer(raw: &[u8], head_len: usize, directory: &Directory, now: SystemTime) -
             .map(str::to_owned)
     };
     let json = get("accept").is_some_and(|a| a.eq_ignore_ascii_case("application/json"));
-    if req.method != Some("POST") {
-        return error(400, "InvalidAction", "Only POST is emulated", json);
+    let path = req.path.unwrap_or("");
+    match req.method {
+        Some("GET") if path.starts_with("/issuers/") => return issuer_document(path, directory),
+        Some("GET") => return presigned(path, &get, directory, now),
+        Some("POST") => {}
+        _ => return error(400, "InvalidAction", "Only GET and POST are emulated", json),
     }
-    if body != crate::core::proof::forwarded::GET_CALLER_IDENTITY_BODY {
-        let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
-        let param = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        return match param("Action") {
-            // Unsigned, as STS takes it: the web identity token is the proof.
-            Some("AssumeRoleWithWebIdentity") => assume_role_with_web_identity(&param, directory, now),
-            _ => error(400, "InvalidAction", "Only GetCallerIdentity and AssumeRoleWithWebIdentity are emulated", json),
-        };
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    let param = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let action = param("Action");
+    if action == Some("AssumeRoleWithWebIdentity") {
+        // Unsigned, as STS takes it: the web identity token is the proof.
+        return assume_role_with_web_identity(&param, directory, now);
+    }
+    let gci = body == crate::core::proof::forwarded::GET_CALLER_IDENTITY_BODY;
+    if !gci && action != Some("GetWebIdentityToken") {
+        return error(
+            400,
+            "InvalidAction",
+            "Only GetCallerIdentity, GetWebIdentityToken and AssumeRoleWithWebIdentity are emulated",
+            json,
+        );
     }
     let Some(auth) = get("authorization") else {
         return error(403, "MissingAuthenticationToken", "Request is missing Authentication Token", json);
@@ -308,7 +342,7 @@ fn answer(raw: &[u8], head_len: usize, directory: &Directory, now: SystemTime) -
     let Ok(parsed) = crate::core::sigv4::parse_authorization(&auth) else {
         return error(400, "IncompleteSignature", "Authorization header is malformed", json);
     };
-    let Some(principal) = directory.find(parsed.access_key_id, now) else {
+    let Some((principal, role_arn)) = directory.find(parsed.access_key_id, now) else {
         return error(403, "InvalidClientTokenId", "The security token included in the request is invalid.", json);
     };
     if principal.session_token.is_some() && get("x-amz-security-token") != principal.session_token {
@@ -317,28 +351,52 @@ fn answer(raw: &[u8], head_len: usize, directory: &Directory, now: SystemTime) -
     let Some(amz_date) = get("x-amz-date") else {
         return error(400, "IncompleteSignature", "X-Amz-Date is missing", json);
     };
-    let signature = auth.rsplit("Signature=").next().unwrap_or("");
+    let signed = Signed {
+        method: "POST",
+        canonical_query: String::new(),
+        headers: parsed.signed_headers.iter().map(|n| ((*n).to_owned(), get(n).unwrap_or_default())).collect(),
+        signed_headers: parsed.signed_headers.join(";"),
+        payload_hash: payload_hash(body),
+        amz_date: &amz_date,
+        date: parsed.date,
+        region: parsed.region,
+    };
+    if signature(&principal.secret_access_key, &signed) != auth.rsplit("Signature=").next().unwrap_or("") {
+        return signature_mismatch(json);
+    }
+    if gci {
+        return caller_identity(&principal, json);
+    }
+    // GetWebIdentityToken: not on the global endpoint, as STS says.
+    if get("host").as_deref() == Some("sts.amazonaws.com") {
+        return error(400, "InvalidAction", "GetWebIdentityToken is not available on the STS global endpoint", false);
+    }
+    let req = match web_identity::request(&param) {
+        Ok(r) => r,
+        Err(why) => return error(400, "ValidationError", why, false),
+    };
+    let account = principal.arn.split(':').nth(4).unwrap_or("");
+    let placement = directory.placements.iter().find(|p| p.account == account);
+    let subject = role_arn.as_deref().unwrap_or(&principal.arn);
+    let Some(signer) = &directory.signer else {
+        return error(500, "InternalFailure", "the emulator has no keys", false);
+    };
+    match web_identity::answer(signer, &directory.base, account, subject, parsed.region, placement, &req, now) {
+        Some(body) => (200, "text/xml", body),
+        None => error(500, "InternalFailure", "signing the token failed", false),
+    }
+}
 
-    let mut canonical = String::from("POST\n/\n\n");
-    for name in &parsed.signed_headers {
-        let value = get(name).unwrap_or_default();
-        let collapsed = value.split_whitespace().collect::<Vec<_>>().join(" ");
-        let _ = writeln!(canonical, "{name}:{collapsed}");
-    }
-    let _ = write!(canonical, "\n{}\n{}", parsed.signed_headers.join(";"), hex(&Sha256::digest(body)));
-    let scope = format!("{}/{}/sts/aws4_request", parsed.date, parsed.region);
-    let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
-    let key = [parsed.date, parsed.region, "sts", "aws4_request"]
-        .iter()
-        .fold(format!("AWS4{}", principal.secret_access_key).into_bytes(), |k, part| hmac(&k, part.as_bytes()));
-    if hex(&hmac(&key, to_sign.as_bytes())) != signature {
-        return error(
-            403,
-            "SignatureDoesNotMatch",
-            "The request signature we calculated does not match the signature you provided.",
-            json,
-        );
-    }
+fn signature_mismatch(json: bool) -> (u16, &'static str, String) {
+    error(
+        403,
+        "SignatureDoesNotMatch",
+        "The request signature we calculated does not match the signature you provided.",
+        json,
+    )
+}
+
+fn caller_identity(principal: &EmulatedPrincipal, json: bool) -> (u16, &'static str, String) {
     let account = principal.arn.split(':').nth(4).unwrap_or("");
     if json {
         let body = format!(
@@ -355,14 +413,88 @@ fn answer(raw: &[u8], head_len: usize, directory: &Directory, now: SystemTime) -
     }
 }
 
+/// A presigned `GET /?Action=GetCallerIdentity&…`: the query signature checked as STS checks it
+/// (every parameter but the signature in the canonical query, `UNSIGNED-PAYLOAD`), then expiry.
+fn presigned(
+    path: &str,
+    get: &dyn Fn(&str) -> Option<String>,
+    directory: &Directory,
+    now: SystemTime,
+) -> (u16, &'static str, String) {
+    let Some(query) = path.strip_prefix("/?") else {
+        return error(400, "InvalidAction", "Only presigned GetCallerIdentity is emulated for GET", false);
+    };
+    let params = decode_query(query);
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if param("Action") != Some("GetCallerIdentity") || param("Version") != Some("2011-06-15") {
+        return error(400, "InvalidAction", "Only presigned GetCallerIdentity is emulated for GET", false);
+    }
+    let (Some(credential), Some(amz_date), Some(signed_headers), Some(given), Some(expires)) = (
+        param("X-Amz-Credential"),
+        param("X-Amz-Date"),
+        param("X-Amz-SignedHeaders"),
+        param("X-Amz-Signature"),
+        param("X-Amz-Expires").and_then(|e| e.parse::<u64>().ok()),
+    ) else {
+        return error(403, "MissingAuthenticationToken", "Request is missing Authentication Token", false);
+    };
+    let Ok(scope) = crate::core::sigv4::parse_credential(credential) else {
+        return error(400, "IncompleteSignature", "X-Amz-Credential is malformed", false);
+    };
+    let Some((principal, _)) = directory.find(scope.access_key_id, now) else {
+        return error(403, "InvalidClientTokenId", "The security token included in the request is invalid.", false);
+    };
+    if principal.session_token.is_some() && param("X-Amz-Security-Token") != principal.session_token.as_deref() {
+        return error(403, "InvalidClientTokenId", "The security token included in the request is invalid.", false);
+    }
+    let signed = Signed {
+        method: "GET",
+        canonical_query: canonical_query(&params),
+        headers: signed_headers.split(';').map(|n| (n.to_owned(), get(n).unwrap_or_default())).collect(),
+        signed_headers: signed_headers.to_owned(),
+        payload_hash: "UNSIGNED-PAYLOAD".to_owned(),
+        amz_date,
+        date: scope.date,
+        region: scope.region,
+    };
+    if signature(&principal.secret_access_key, &signed) != given {
+        return signature_mismatch(false);
+    }
+    let signed_at = crate::core::sigv4::parse_amz_date(amz_date).ok();
+    if signed_at.is_none_or(|t| sigv4::expired(t, expires, now)) {
+        return error(403, "ExpiredToken", "The presigned request has expired", false);
+    }
+    caller_identity(&principal, false)
+}
+
+/// `GET /issuers/ACCOUNT/.well-known/openid-configuration` or `…/jwks.json`.
+fn issuer_document(path: &str, directory: &Directory) -> (u16, &'static str, String) {
+    let not_found = || (404, "application/json", r#"{"error":"not found"}"#.to_owned());
+    let Some(rest) = path.strip_prefix("/issuers/") else { return not_found() };
+    let Some((account, doc)) = rest.split_once('/') else { return not_found() };
+    if crate::core::arn::AccountId::parse(account).is_none() {
+        return not_found();
+    }
+    let issuer = web_identity::issuer(&directory.base, account);
+    match (doc, &directory.signer) {
+        (".well-known/openid-configuration", _) => (200, "application/json", web_identity::discovery(&issuer)),
+        (".well-known/jwks.json", Some(signer)) => (200, "application/json", signer.jwks()),
+        _ => not_found(),
+    }
+}
+
 impl Directory {
-    /// The principal with this access key: a fixed one, or an unexpired role session.
-    fn find(&self, access_key_id: &str, now: SystemTime) -> Option<EmulatedPrincipal> {
+    /// The principal with this access key: a fixed one, or an unexpired role session (with its
+    /// role's IAM ARN).
+    fn find(&self, access_key_id: &str, now: SystemTime) -> Option<(EmulatedPrincipal, Option<String>)> {
         if let Some(p) = self.principals.iter().find(|p| p.access_key_id == access_key_id) {
-            return Some(p.clone());
+            return Some((p.clone(), None));
         }
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.iter().find(|(p, expires)| p.access_key_id == access_key_id && *expires > now).map(|(p, _)| p.clone())
+        sessions
+            .iter()
+            .find(|(p, expires, _)| p.access_key_id == access_key_id && *expires > now)
+            .map(|(p, _, role)| (p.clone(), Some(role.clone())))
     }
 }
 
@@ -433,10 +565,10 @@ fn assume_role_with_web_identity<'a>(
         principal.access_key_id,
     );
     let mut sessions = directory.sessions.lock().unwrap_or_else(|p| p.into_inner());
-    sessions.retain(|(_, e)| *e > now);
+    sessions.retain(|(_, e, _)| *e > now);
     if sessions.len() >= MAX_EMULATED_SESSIONS {
         sessions.pop_front();
     }
-    sessions.push_back((principal, expires));
+    sessions.push_back((principal, expires, role.role_arn.clone()));
     (200, "text/xml", body)
 }

@@ -45,6 +45,18 @@ impl Credentials {
     pub fn access_key_id(&self) -> &str {
         &self.access_key_id
     }
+
+    /// The same credentials as the AWS SDK's type.
+    #[cfg(feature = "sign")]
+    pub(crate) fn to_sdk(&self) -> aws_credential_types::Credentials {
+        aws_credential_types::Credentials::new(
+            self.access_key_id.clone(),
+            self.secret_access_key.as_str().to_owned(),
+            self.session_token.as_ref().map(|t| t.as_str().to_owned()),
+            None,
+            "iam-join",
+        )
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -95,6 +107,56 @@ pub(crate) fn sign_headers(
             .map_err(|e| failed(&e))?;
     let (instructions, _signature) = sign(signable, &params).map_err(|e| failed(&e))?.into_parts();
     Ok(instructions.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect())
+}
+
+/// Presigns `GET https://{host}/?{query}` with these headers (lowercase names, `host` among them)
+/// signed, valid for `expires`: returns the query parameters SigV4 adds (`X-Amz-Algorithm`,
+/// `X-Amz-Credential`, `X-Amz-Date`, `X-Amz-Expires`, `X-Amz-SignedHeaders`,
+/// `X-Amz-Security-Token` with a session token, `X-Amz-Signature`), values not yet encoded.
+#[cfg(feature = "sign")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn presign_query(
+    creds: &Credentials,
+    service: &str,
+    region: &str,
+    host: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+    expires: std::time::Duration,
+    time: std::time::SystemTime,
+) -> Result<Vec<(String, String)>, Error> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign};
+    use aws_sigv4::sign::v4;
+    let failed = |e: &dyn fmt::Display| Error::config_invalid(format!("could not presign the request: {e}"));
+    let identity = aws_credential_types::Credentials::new(
+        creds.access_key_id.clone(),
+        creds.secret_access_key.as_str().to_owned(),
+        creds.session_token.as_ref().map(|t| t.as_str().to_owned()),
+        None,
+        "iam-join",
+    )
+    .into();
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(expires);
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(|e| failed(&e))?
+        .into();
+    let signable = SignableRequest::new(
+        "GET",
+        format!("https://{host}/?{query}"),
+        headers.iter().copied(),
+        SignableBody::UnsignedPayload,
+    )
+    .map_err(|e| failed(&e))?;
+    let (instructions, _signature) = sign(signable, &params).map_err(|e| failed(&e))?.into_parts();
+    Ok(instructions.params().iter().map(|(n, v)| ((*n).to_owned(), v.to_string())).collect())
 }
 
 #[cfg(test)]

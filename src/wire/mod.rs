@@ -66,7 +66,9 @@ impl ChallengeResponse {
     }
 }
 
-/// `POST /v1/join`: the token, the challenge as issued, and the proof.
+/// `POST /v1/join`: the token, the challenge as issued, and exactly one proof: `request`
+/// (standard base64 of the raw signed POST), `presigned` (the presigned URL, or the EKS token
+/// `k8s-aws-v1.…`) or `web_identity_token` (the JWT from `sts:GetWebIdentityToken`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -76,25 +78,101 @@ pub struct JoinRequest {
     /// The challenge, exactly as `POST /v1/challenge` gave it.
     pub challenge: String,
     /// The forwarded proof: standard base64 (padded) of the raw signed HTTP/1.1 request.
-    pub request: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The presigned proof: a presigned `GetCallerIdentity` URL or an EKS token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presigned: Option<String>,
+    /// The web identity proof: a JWT from `sts:GetWebIdentityToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity_token: Option<String>,
 }
 
-impl JoinRequest {
-    /// A join request with a forwarded proof (`raw`: the signed request's bytes).
-    pub fn forwarded(token: impl Into<String>, challenge: impl Into<String>, raw: &[u8]) -> Self {
-        Self {
-            token: token.into(),
-            challenge: challenge.into(),
-            request: base64::engine::general_purpose::STANDARD.encode(raw),
+/// The proof a [`JoinRequest`] carries, decoded; [`JoinProof::as_proof`] gives it to the
+/// verifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JoinProof {
+    /// The raw signed request's bytes.
+    Forwarded(Vec<u8>),
+    /// The presigned URL or EKS token, as sent.
+    Presigned(String),
+    /// The JWT, as sent.
+    WebIdentityToken(String),
+}
+
+impl JoinProof {
+    /// The proof, for [`Verifier::verify`](crate::Verifier::verify).
+    pub fn as_proof(&self) -> crate::Proof<'_> {
+        match self {
+            JoinProof::Forwarded(raw) => crate::Proof::Forwarded(raw),
+            JoinProof::Presigned(url) => crate::Proof::Presigned(url.as_bytes()),
+            JoinProof::WebIdentityToken(jwt) => crate::Proof::WebIdentityToken(jwt.as_bytes()),
         }
     }
 
-    /// The forwarded proof's bytes, decoded strictly (standard alphabet, padded); a refusal
-    /// (`malformed_request`) for anything else.
-    pub fn forwarded_bytes(&self) -> Result<Vec<u8>, Box<Refusal>> {
-        base64::engine::general_purpose::STANDARD.decode(self.request.as_bytes()).map_err(|_| {
-            Box::new(Refusal::malformed(&self.token, "request must be the base64 of the raw signed HTTP request"))
-        })
+    /// `forwarded`, `presigned` or `web_identity`: the proof's format, for logs and metrics.
+    pub fn format(&self) -> &'static str {
+        match self {
+            JoinProof::Forwarded(_) => "forwarded",
+            JoinProof::Presigned(_) => "presigned",
+            JoinProof::WebIdentityToken(_) => "web_identity",
+        }
+    }
+}
+
+impl JoinRequest {
+    fn new(token: impl Into<String>, challenge: impl Into<String>) -> Self {
+        Self {
+            token: token.into(),
+            challenge: challenge.into(),
+            request: None,
+            presigned: None,
+            web_identity_token: None,
+        }
+    }
+
+    /// A join request with a forwarded proof (`raw`: the signed request's bytes).
+    pub fn forwarded(token: impl Into<String>, challenge: impl Into<String>, raw: &[u8]) -> Self {
+        Self { request: Some(base64::engine::general_purpose::STANDARD.encode(raw)), ..Self::new(token, challenge) }
+    }
+
+    /// A join request with a presigned proof (a presigned URL or an EKS token).
+    pub fn presigned(token: impl Into<String>, challenge: impl Into<String>, url: impl Into<String>) -> Self {
+        Self { presigned: Some(url.into()), ..Self::new(token, challenge) }
+    }
+
+    /// A join request with a web identity token.
+    pub fn web_identity(token: impl Into<String>, challenge: impl Into<String>, jwt: impl Into<String>) -> Self {
+        Self { web_identity_token: Some(jwt.into()), ..Self::new(token, challenge) }
+    }
+
+    /// The one proof, decoded strictly (a forwarded request in standard, padded base64); a
+    /// refusal (`malformed_request`) when there is none, more than one, or bad base64.
+    ///
+    /// ```
+    /// use iam_join::wire::{JoinProof, JoinRequest};
+    /// let j = JoinRequest::presigned("t", "c", "k8s-aws-v1.aHR0cHM");
+    /// assert_eq!(j.proof().unwrap(), JoinProof::Presigned("k8s-aws-v1.aHR0cHM".into()));
+    /// let two: JoinRequest = serde_json::from_str(r#"{"token":"t","challenge":"c","request":"","presigned":"x"}"#).unwrap();
+    /// assert_eq!(two.proof().unwrap_err().status(), 400);
+    /// ```
+    pub fn proof(&self) -> Result<JoinProof, Box<Refusal>> {
+        let refuse = |why: &str| Box::new(Refusal::malformed(&self.token, why));
+        match (&self.request, &self.presigned, &self.web_identity_token) {
+            (Some(r), None, None) => base64::engine::general_purpose::STANDARD
+                .decode(r.as_bytes())
+                .map(JoinProof::Forwarded)
+                .map_err(|_| refuse("request must be the base64 of the raw signed HTTP request")),
+            (None, Some(p), None) => Ok(JoinProof::Presigned(p.clone())),
+            (None, None, Some(w)) => Ok(JoinProof::WebIdentityToken(w.clone())),
+            (None, None, None) => {
+                Err(refuse("the join carries no proof: send one of request, presigned, web_identity_token"))
+            }
+            _ => Err(refuse(
+                "the join carries more than one proof: send exactly one of request, presigned, web_identity_token",
+            )),
+        }
     }
 }
 

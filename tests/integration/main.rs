@@ -17,6 +17,8 @@ mod org_rules;
 mod organizations;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod pipeline;
+#[cfg(all(feature = "agent", feature = "emulator"))]
+mod proofs;
 mod properties;
 #[cfg(all(feature = "agent", feature = "emulator"))]
 mod replicas;

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use iam_join::agent::{Attempt, JoinClient, JoinError};
+use iam_join::agent::{Attempt, JoinClient, JoinError, ProofFormat};
 use iam_join::wire::Answer;
 
 use crate::{JoinArgs, Usage};
@@ -19,6 +19,14 @@ pub(crate) fn run(a: &JoinArgs) -> Result<ExitCode, Usage> {
         return Err(Usage("--deadline must be between 0 and 3600 seconds".into()));
     }
     let deadline = Duration::from_secs_f64(a.deadline);
+    let format = match (a.proof.as_str(), &a.audience) {
+        ("presigned", _) => ProofFormat::Presigned,
+        ("web-identity", Some(audience)) => {
+            ProofFormat::WebIdentity { audience: audience.clone(), algorithm: a.algorithm.clone() }
+        }
+        ("web-identity", None) => return Err(Usage("--proof web-identity needs --audience (the service's)".into())),
+        _ => ProofFormat::Forwarded,
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -28,10 +36,13 @@ pub(crate) fn run(a: &JoinArgs) -> Result<ExitCode, Usage> {
             .await
             .map_err(|_| Usage(format!("no AWS credentials from the chain within the {deadline:?} deadline")))??;
         let left = deadline.saturating_sub(start.elapsed());
-        let answer = client.join(&a.token, &identity, a.agent.fips, left, report).await.map_err(|e| match e {
-            JoinError::Deadline(problem) => Usage(format!("no answer within the deadline: {}", printable(&problem))),
-            other => Usage(printable(&other.to_string())),
-        })?;
+        let answer =
+            client.join(&a.token, &identity, &format, a.agent.fips, left, report).await.map_err(|e| match e {
+                JoinError::Deadline(problem) => {
+                    Usage(format!("no answer within the deadline: {}", printable(&problem)))
+                }
+                other => Usage(printable(&other.to_string())),
+            })?;
         // serde_json escapes every control character of the service's text.
         println!("{}", serde_json::to_string(&answer).unwrap_or_default());
         Ok(match answer {

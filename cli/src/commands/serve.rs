@@ -118,6 +118,9 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
     let uses_organizations = tokens.iter().any(|t| t.needs_organizations());
     let mut builder =
         Verifier::builder(tokens).policy(policy).transport(metered).deadline(timeout).challenge_keys(keys.clone());
+    if let Some(web) = a.endpoints.web_identity()? {
+        builder = builder.web_identity(web);
+    }
     match Credentials::from_env() {
         Ok(creds) => {
             let org = Arc::new(OrganizationsClient::new(creds, a.endpoints.organizations_transport(timeout)?));

@@ -12,8 +12,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use iam_join::challenge::ChallengeKeys;
-use iam_join::wire::{Answer, ChallengeRequest, ChallengeResponse, JoinRequest, Refusal};
-use iam_join::{Challenge, ErrorKind, Proof, RedisReplayGuard, Verifier};
+use iam_join::wire::{Answer, ChallengeRequest, ChallengeResponse, JoinProof, JoinRequest, Refusal};
+use iam_join::{Challenge, ErrorKind, RedisReplayGuard, Verifier};
 use serde::Deserialize;
 
 use super::metrics::Metrics;
@@ -131,14 +131,15 @@ async fn challenge(State(app): State<Arc<App>>, request: Request) -> Response {
 }
 
 /// The join body and its decoded proof; a refusal names the token once it is known.
-fn read_join(body: &[u8]) -> Result<(JoinRequest, Vec<u8>), Box<Refusal>> {
+fn read_join(body: &[u8]) -> Result<(JoinRequest, JoinProof), Box<Refusal>> {
     let req: JoinRequest = parse(body).map_err(|m| Box::new(Refusal::malformed("", &m)))?;
     check_token_name(&req.token).map_err(|m| Box::new(Refusal::malformed("", m)))?;
-    let raw = req.forwarded_bytes()?;
-    Ok((req, raw))
+    let proof = req.proof()?;
+    Ok((req, proof))
 }
 
-/// `POST /v1/join {token, challenge, request}`: the answer, as `iam-join verify` prints it.
+/// `POST /v1/join {token, challenge, request | presigned | web_identity_token}`: the answer, as
+/// `iam-join verify` prints it.
 async fn join(State(app): State<Arc<App>>, request: Request) -> Response {
     let started = Instant::now();
     let body = match read_body(request, app.body_timeout).await {
@@ -148,7 +149,7 @@ async fn join(State(app): State<Arc<App>>, request: Request) -> Response {
             return answer;
         }
     };
-    let (req, raw) = match read_join(&body) {
+    let (req, proof) = match read_join(&body) {
         Ok(read) => read,
         Err(refused) => {
             app.metrics.join(ErrorKind::MalformedRequest.as_str(), started);
@@ -159,10 +160,8 @@ async fn join(State(app): State<Arc<App>>, request: Request) -> Response {
     // token, in its one spelling, and still valid; the request must have signed exactly it. The
     // library checks both, claims it, logs the outcome in its span, and decides what the client
     // is told.
-    let result = app
-        .verifier
-        .verify(&req.token, Challenge::Keyed(&req.challenge), Proof::Forwarded(&raw), SystemTime::now())
-        .await;
+    let result =
+        app.verifier.verify(&req.token, Challenge::Keyed(&req.challenge), proof.as_proof(), SystemTime::now()).await;
     let outcome = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "allowed");
     app.metrics.join(outcome, started);
     answer(Answer::of(&req.token, &result))
