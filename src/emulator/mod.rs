@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::core::response::STS_NAMESPACE;
 
-mod sigv4;
+pub(crate) mod sigv4;
 mod web_identity;
 
 use sigv4::{Signed, canonical_query, decode_query, payload_hash, signature};
@@ -281,7 +281,7 @@ async fn serve(mut stream: TcpStream, directory: &Directory, served: &AtomicUsiz
     }
 }
 
-const REQUEST_ID: &str = "4c0ac7f4-2a9f-4f8a-9c5f-5d3b2a1f0e9d";
+pub(crate) const REQUEST_ID: &str = "4c0ac7f4-2a9f-4f8a-9c5f-5d3b2a1f0e9d";
 
 fn error(status: u16, code: &str, message: &str, json: bool) -> (u16, &'static str, String) {
     if json {

@@ -170,7 +170,7 @@ pub(super) fn answer(
         r#"{{"iss":{},"aud":{aud},"sub":{},"iat":{iat},"exp":{exp},"jti":"{}","{}":{{{aws}}}}}"#,
         json_str(&issuer(base, account)),
         json_str(principal_arn),
-        super::sigv4::hex(&jti),
+        crate::emulator::sigv4::hex(&jti),
         crate::core::proof::web_identity::AWS_CLAIMS_NAMESPACE,
     );
     let token = signer.sign(req.alg, &claims)?;
@@ -179,6 +179,6 @@ pub(super) fn answer(
         .ok()?;
     Some(format!(
         "<GetWebIdentityTokenResponse xmlns=\"{STS_NAMESPACE}\">\n  <GetWebIdentityTokenResult>\n    <WebIdentityToken>{token}</WebIdentityToken>\n    <Expiration>{expiration}</Expiration>\n  </GetWebIdentityTokenResult>\n  <ResponseMetadata>\n    <RequestId>{}</RequestId>\n  </ResponseMetadata>\n</GetWebIdentityTokenResponse>\n",
-        super::REQUEST_ID
+        crate::emulator::REQUEST_ID
     ))
 }

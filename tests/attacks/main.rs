@@ -14,9 +14,12 @@ mod loopback;
 #[cfg(feature = "agent")]
 mod challenges;
 mod identities;
+#[cfg(feature = "agent")]
+mod presigned;
 mod requests;
 mod sts_bodies;
 mod tokens;
+mod web_identity;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -198,6 +201,15 @@ pub(crate) fn secrets_in(raw: &[u8], challenge: &str) -> Vec<String> {
         let sig: String = part.chars().take_while(char::is_ascii_hexdigit).collect();
         out.push(sig);
     }
+    // A presigned URL's session token; a JWT whole and its signature.
+    for part in text.split("X-Amz-Security-Token=").skip(1) {
+        out.push(part.split('&').next().unwrap_or("").to_owned());
+    }
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() == 3 && !text.contains(['\r', '\n', ' ']) {
+        out.push(text.clone().into_owned());
+        out.push(parts[2].to_owned());
+    }
     // Too short to be a secret, or text every message may hold.
     out.retain(|s| s.len() >= 16);
     out.sort();
@@ -218,11 +230,27 @@ pub(crate) async fn expect_refusal(
     v: &Verifier,
     token: &str,
     raw: &[u8],
+    want: (ErrorKind, &str),
+    place: Where,
+) -> Result<(), String> {
+    expect_refusal_of(sts, v, (token, &challenge(), signed_at()), Proof::Forwarded(raw), want, place).await
+}
+
+/// [`expect_refusal`] for any proof, verified for `token` against `challenge` at `now`.
+pub(crate) async fn expect_refusal_of(
+    sts: &FakeSts,
+    v: &Verifier,
+    (token, challenge, now): (&str, &str, SystemTime),
+    proof: Proof<'_>,
     (kind, because): (ErrorKind, &str),
     place: Where,
 ) -> Result<(), String> {
+    let raw: &[u8] = match proof {
+        Proof::Forwarded(r) | Proof::Presigned(r) | Proof::WebIdentityToken(r) => r,
+        _ => &[],
+    };
     let before = sts.requests();
-    let result = v.verify(token, Challenge::Plain(&challenge()), Proof::Forwarded(raw), signed_at()).await;
+    let result = v.verify(token, Challenge::Plain(challenge), proof, now).await;
     let sent = sts.requests() - before;
     let err = match result {
         Ok(verdict) => return Err(format!("ALLOWED as {}", verdict.identity().arn().as_str())),
@@ -243,7 +271,7 @@ pub(crate) async fn expect_refusal(
         problems.push(format!("{sent} request(s) reached STS, want {want_sent}"));
     }
     let text = format!("{err} {err:?}");
-    for secret in secrets_in(raw, &challenge()) {
+    for secret in secrets_in(raw, challenge) {
         if text.contains(&secret) {
             problems.push(format!("a secret of the input leaked ({} chars)", secret.len()));
         }
@@ -303,6 +331,9 @@ fn corpus_has_at_least_80_named_cases_with_unique_names() {
     names.extend(identities::CASES.iter().map(|c| c.name));
     #[cfg(feature = "agent")]
     names.extend(challenges::CASES.iter().map(|c| c.name));
+    #[cfg(feature = "agent")]
+    names.extend(presigned::CASES.iter().map(|c| c.name));
+    names.extend(web_identity::CASES.iter().map(|c| c.name));
     let total = names.len();
     names.sort_unstable();
     names.dedup();
