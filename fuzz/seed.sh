@@ -5,6 +5,9 @@ cd "$(dirname "$0")"
 vectors=../tests/vectors
 mkdir -p corpus/parse_token corpus/parse_arn corpus/match_rules
 cp "$vectors"/tokens/*/*.yaml corpus/parse_token/
+mkdir -p corpus/parse_presigned corpus/parse_web_identity
+cp "$vectors"/presigned/* corpus/parse_presigned/
+cp "$vectors"/jwt/*.jwt corpus/parse_web_identity/
 mkdir -p corpus/parse_forwarded_request
 cp "$vectors"/requests/*.http corpus/parse_forwarded_request/
 mkdir -p corpus/parse_sts_response

@@ -414,7 +414,8 @@ fn caller_identity(principal: &EmulatedPrincipal, json: bool) -> (u16, &'static 
 }
 
 /// A presigned `GET /?Action=GetCallerIdentity&…`: the query signature checked as STS checks it
-/// (every parameter but the signature in the canonical query, `UNSIGNED-PAYLOAD`), then expiry.
+/// (every parameter but the signature in the canonical query, the hash of the empty body), then
+/// expiry.
 fn presigned(
     path: &str,
     get: &dyn Fn(&str) -> Option<String>,
@@ -452,7 +453,9 @@ fn presigned(
         canonical_query: canonical_query(&params),
         headers: signed_headers.split(';').map(|n| (n.to_owned(), get(n).unwrap_or_default())).collect(),
         signed_headers: signed_headers.to_owned(),
-        payload_hash: "UNSIGNED-PAYLOAD".to_owned(),
+        // Outside S3, a presigned request signs the hash of its (empty) body, as botocore and
+        // STS compute it, not UNSIGNED-PAYLOAD.
+        payload_hash: payload_hash(b""),
         amz_date,
         date: scope.date,
         region: scope.region,

@@ -85,14 +85,7 @@ pub(crate) fn sign_headers(
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4;
     let failed = |e: &dyn fmt::Display| Error::config_invalid(format!("could not sign the request: {e}"));
-    let identity = aws_credential_types::Credentials::new(
-        creds.access_key_id.clone(),
-        creds.secret_access_key.as_str().to_owned(),
-        creds.session_token.as_ref().map(|t| t.as_str().to_owned()),
-        None,
-        "iam-join",
-    )
-    .into();
+    let identity = creds.to_sdk().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
@@ -113,7 +106,7 @@ pub(crate) fn sign_headers(
 /// signed, valid for `expires`: returns the query parameters SigV4 adds (`X-Amz-Algorithm`,
 /// `X-Amz-Credential`, `X-Amz-Date`, `X-Amz-Expires`, `X-Amz-SignedHeaders`,
 /// `X-Amz-Security-Token` with a session token, `X-Amz-Signature`), values not yet encoded.
-#[cfg(feature = "sign")]
+#[cfg(feature = "agent")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn presign_query(
     creds: &Credentials,
@@ -128,14 +121,7 @@ pub(crate) fn presign_query(
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign};
     use aws_sigv4::sign::v4;
     let failed = |e: &dyn fmt::Display| Error::config_invalid(format!("could not presign the request: {e}"));
-    let identity = aws_credential_types::Credentials::new(
-        creds.access_key_id.clone(),
-        creds.secret_access_key.as_str().to_owned(),
-        creds.session_token.as_ref().map(|t| t.as_str().to_owned()),
-        None,
-        "iam-join",
-    )
-    .into();
+    let identity = creds.to_sdk().into();
     let mut settings = SigningSettings::default();
     settings.signature_location = SignatureLocation::QueryParams;
     settings.expires_in = Some(expires);
@@ -152,7 +138,9 @@ pub(crate) fn presign_query(
         "GET",
         format!("https://{host}/?{query}"),
         headers.iter().copied(),
-        SignableBody::UnsignedPayload,
+        // The hash of the empty body, as STS computes it for a presigned GET (not UNSIGNED-PAYLOAD,
+        // which is S3's).
+        SignableBody::Bytes(b""),
     )
     .map_err(|e| failed(&e))?;
     let (instructions, _signature) = sign(signable, &params).map_err(|e| failed(&e))?.into_parts();

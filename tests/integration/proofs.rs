@@ -158,3 +158,114 @@ async fn web_identity_keys_that_cannot_be_fetched_fail_closed_and_retryably() {
     assert_eq!(e.kind(), ErrorKind::StsUnavailable, "{e}");
     assert!(e.is_retryable());
 }
+
+/// An issuer that serves `discovery` (with `{base}` replaced by its own URL) and the emulator's
+/// JWKS, or answers the discovery with `status` and a Location.
+async fn scripted_issuer(discovery: &'static str, status: u16, jwks_from: String) -> crate::common::loopback::Loopback {
+    use tokio::io::AsyncWriteExt as _;
+    let base = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    let b = base.clone();
+    let server = crate::common::loopback::Loopback::start(move |mut conn, request| {
+        let (b, jwks_from) = (b.clone(), jwks_from.clone());
+        async move {
+            let head = String::from_utf8_lossy(&request).into_owned();
+            let base = b.get().cloned().unwrap_or_default();
+            let reply = if head.contains("/.well-known/openid-configuration ") && status != 200 {
+                format!(
+                    "HTTP/1.1 {status} X\r\nLocation: {jwks_from}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .into_bytes()
+            } else if head.contains("/.well-known/openid-configuration ") {
+                let body = discovery.replace("{base}", &base);
+                crate::common::loopback::reply_and_close(200, "application/json", body.as_bytes())
+            } else {
+                crate::common::loopback::reply_and_close(200, "application/json", b"{\"keys\":[]}")
+            };
+            let _ = conn.write_all(&reply).await;
+            None
+        }
+    })
+    .await;
+    let _ = base.set(format!("{}issuers/111111111111", server.url()));
+    server
+}
+
+/// The issuer's own documents decide nothing they may not: a `jwks_uri` off the issuer's origin,
+/// a discovery document naming another issuer, and a redirect are `untrusted_endpoint`, and
+/// nothing off the origin is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_cannot_send_the_verifier_elsewhere_for_keys() {
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let elsewhere = StsEmulator::start(vec![]).await.unwrap();
+    let keys_elsewhere = format!("{}/.well-known/jwks.json", elsewhere.issuer_url("111111111111"));
+    for (name, discovery, status, want) in [
+        (
+            "jwks_uri off the origin",
+            r#"{"issuer":"{base}","jwks_uri":"http://127.0.0.2:1/jwks.json"}"#,
+            200,
+            "is not on the origin",
+        ),
+        (
+            "another issuer named",
+            r#"{"issuer":"https://other.example","jwks_uri":"{base}/jwks.json"}"#,
+            200,
+            "names another issuer",
+        ),
+        ("a redirect", "", 302, "redirected (HTTP 302)"),
+    ] {
+        let issuer = scripted_issuer(discovery, status, keys_elsewhere.clone()).await;
+        let pinned = format!("{}issuers/111111111111", issuer.url());
+        let jwks = JwksCache::new().unwrap();
+        let iss = iam_join::IssuerUrl::parse(&pinned).unwrap();
+        let e = jwks.keys_for(&iss, "emulator-rs256").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UntrustedEndpoint, "{name}: {e}");
+        assert!(e.detail().contains(want), "{name}: {e}");
+        assert_eq!(elsewhere.requests(), 0, "{name}: nothing is fetched from elsewhere");
+        assert_eq!(issuer.requests(), 1, "{name}: only the discovery document was read");
+    }
+    // The positive control: the emulator's own issuer gives its keys.
+    let jwks = JwksCache::new().unwrap();
+    let own = iam_join::IssuerUrl::parse(&sts.issuer_url("111111111111")).unwrap();
+    assert!(jwks.keys_for(&own, "emulator-rs256").await.unwrap().contains("emulator-rs256"));
+    assert_eq!(jwks.fetches(), 1);
+}
+
+/// A token signed by an independent signer (PyJWT, `tests/vectors/jwt`) verifies with the pinned
+/// issuer's JWKS as PyJWT wrote it, driven by hand with no network: the role is proved as every
+/// session of it, and its organization claims decide an organization rule with no lookup.
+#[test]
+fn a_token_pyjwt_signed_verifies_by_hand_and_its_organization_decides() {
+    let dir = crate::common::repository().join("tests/vectors");
+    let jwt = std::fs::read(dir.join("jwt/role_rs256.jwt")).unwrap();
+    let jwks = std::fs::read(dir.join("jwt/issuer.jwks.json")).unwrap();
+    let challenge = std::fs::read_to_string(dir.join("requests/CHALLENGE")).unwrap();
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(1_795_878_000 + 10);
+    let tokens = TokenSet::from_yaml(
+        "kind: token\nversion: v2\nmetadata: {name: org}\nspec: {roles: [Node], join_method: iam, allow: [\
+         {aws_arn: \"arn:aws:sts::123456789012:assumed-role/deploy/i-*\"}, \
+         {aws_organization_id: o-a1b2c3d4e5, aws_organizational_units: {include: [ou-ab12-11111111]}}]}\n",
+    )
+    .unwrap();
+    let issuer = "https://abc123.tokens.sts.global.api.aws";
+    let web = WebIdentityPolicy::new(AUDIENCE).unwrap().issuer("123456789012", issuer).unwrap();
+    let v = Verifier::builder(tokens).web_identity(web).build();
+    let needs = v.start_web_identity("org", Challenge::Plain(&challenge), &jwt, at).unwrap();
+    assert_eq!((needs.issuer().as_str(), needs.kid()), (issuer, "emulator-rs256"));
+    let keys = iam_join::IssuerKeys::from_jwks(needs.issuer(), &jwks).unwrap();
+    let claimed = needs.resume(&keys).unwrap().single_use_by_caller();
+    assert!(claimed.replay().is_none(), "checked offline: nothing to send");
+    let verdict = claimed.conclude_offline().unwrap().into_verdict().unwrap();
+    assert_eq!(verdict.matched_rule(), 1, "the organization rule, from the token's claims");
+    assert_eq!(verdict.identity().arn().as_str(), "arn:aws:iam::123456789012:role/deploy");
+    // The same token at a later time is expired; with a changed byte its signature fails.
+    let late = at + Duration::from_secs(400);
+    assert_eq!(
+        v.start_web_identity("org", Challenge::Plain(&challenge), &jwt, late).unwrap_err().kind(),
+        ErrorKind::RequestExpired
+    );
+    let mut bad = jwt.clone();
+    let last = bad.len() - 2;
+    bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+    let needs = v.start_web_identity("org", Challenge::Plain(&challenge), &bad, at).unwrap();
+    assert_eq!(needs.resume(&keys).unwrap_err().kind(), ErrorKind::SignatureRejected);
+}
