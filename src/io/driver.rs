@@ -193,7 +193,13 @@ impl Verifier {
     ) -> Result<Verdict, Error> {
         let no_transport =
             || Error::config_invalid("this verifier has no transport: build it with VerifierBuilder::transport");
-        let io = self.io().ok_or_else(no_transport)?;
+        // A verifier built without any I/O setting still verifies proofs checked offline, with
+        // the defaults (one shared key cache); the others need a transport.
+        static DEFAULTS: std::sync::OnceLock<IoConfig> = std::sync::OnceLock::new();
+        let io = self.io().unwrap_or_else(|| DEFAULTS.get_or_init(IoConfig::default));
+        if io.transport.is_none() && !matches!(proof, Proof::WebIdentityToken(_)) {
+            return Err(no_transport());
+        }
         let t0 = Instant::now();
         let pending = match proof {
             Proof::WebIdentityToken(jwt) => {

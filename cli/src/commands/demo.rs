@@ -3,10 +3,13 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
+use iam_join::agent::{
+    AwsChain, Credentials, DEFAULT_PRESIGN_EXPIRES, JoinRequest, eks_token, presign_join_url, sign_join_request,
+};
 use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
 use iam_join::{
-    Challenge, EndpointOverride, Error, ErrorKind, Proof, RequestPolicy, ReqwestTransport, TokenSet, Verifier,
+    Challenge, EndpointOverride, Error, ErrorKind, Proof, RequestPolicy, ReqwestTransport, TokenSet, Verdict, Verifier,
+    WebIdentityPolicy,
 };
 
 use crate::Usage;
@@ -23,6 +26,26 @@ spec:
   - aws_account: "222222222222"
     aws_arn: "arn:aws:sts::222222222222:assumed-role/teleport-node-role/i-*"
 "#;
+
+/// The audience the demo's verifier expects in web identity tokens.
+const DEMO_AUDIENCE: &str = "https://join.example.com";
+
+/// Prints a verdict and whether it was the expected outcome.
+fn report(result: &Result<Verdict, Error>, expect: Option<ErrorKind>) -> bool {
+    match result {
+        Ok(v) => println!(
+            "   verdict: ALLOWED {} (account {}) by rule {}, roles {:?}",
+            v.identity().arn(),
+            v.identity().account(),
+            v.matched_rule(),
+            v.roles().iter().map(|r| r.as_str()).collect::<Vec<_>>()
+        ),
+        Err(e) => println!("   verdict: REFUSED {}", e),
+    }
+    let ok = result.as_ref().err().map(Error::kind) == expect;
+    println!("   {}\n", if ok { "as expected" } else { "UNEXPECTED" });
+    ok
+}
 
 struct DemoAgent {
     label: &'static str,
@@ -202,21 +225,72 @@ async fn run_demo() -> Result<ExitCode, Usage> {
             "   server: validated locally, {}",
             if replayed { "replayed to STS" } else { "refused before any network traffic" }
         );
-        match &result {
-            Ok(v) => println!(
-                "   verdict: ALLOWED {} (account {}) by rule {}, roles {:?}",
-                v.identity().arn(),
-                v.identity().account(),
-                v.matched_rule(),
-                v.roles().iter().map(|r| r.as_str()).collect::<Vec<_>>()
-            ),
-            Err(e) => println!("   verdict: REFUSED {}", e),
-        }
-        let got = result.as_ref().err().map(Error::kind);
-        let ok = got == case.expect;
-        all_as_expected &= ok;
-        println!("   {}\n", if ok { "as expected" } else { "UNEXPECTED" });
+        all_as_expected &= report(&result, case.expect);
     }
+    // The other two proofs: a presigned URL (the EKS token `aws eks get-token` prints) and AWS's
+    // web identity token, checked offline against the pinned issuer's keys.
+    let user = &agents[0];
+    let n = cases.len();
+    let challenge = iam_join::challenge::generate()?;
+    println!(
+        "{}. IAM user joins with a presigned URL, as `aws eks get-token --cluster-name <challenge>` makes it [{}]",
+        n + 1,
+        user.label
+    );
+    let url = presign_join_url(&creds(user), &JoinRequest::new(&challenge), DEFAULT_PRESIGN_EXPIRES, SystemTime::now())
+        .map_err(|e| Usage(e.to_string()))?;
+    let token = eks_token(&url);
+    println!(
+        "   agent:  presigned GET {}… as {}… ({} bytes; the challenge is signed in x-k8s-aws-id, not in the URL)",
+        &url[..60],
+        &token[..24],
+        token.len()
+    );
+    let result = verifier
+        .verify("demo-token", Challenge::Plain(&challenge), Proof::Presigned(token.as_bytes()), SystemTime::now())
+        .await;
+    all_as_expected &= report(&result, None);
+    let other = iam_join::challenge::generate()?;
+    println!("{}. the same URL presented for another challenge", n + 2);
+    let result = verifier
+        .verify("demo-token", Challenge::Plain(&other), Proof::Presigned(token.as_bytes()), SystemTime::now())
+        .await;
+    println!("   server: replayed with the other challenge in x-k8s-aws-id; STS computes another signature");
+    all_as_expected &= report(&result, Some(ErrorKind::SignatureRejected));
+
+    println!("{}. IAM user joins with a web identity token from sts:GetWebIdentityToken [{}]", n + 3, user.label);
+    let issuer = sts.issuer_url("111111111111");
+    let web = WebIdentityPolicy::new(DEMO_AUDIENCE)
+        .and_then(|w| w.issuer("111111111111", &issuer))
+        .map_err(|e| Usage(e.to_string()))?;
+    let offline = Verifier::builder(TokenSet::from_yaml(DEMO_TOKENS).map_err(|e| Usage(e.to_string()))?)
+        .web_identity(web)
+        .build();
+    let identity = AwsChain::new()
+        .credentials(creds(user))
+        .region("us-east-1")
+        .sts_endpoint_url(sts.url())
+        .load()
+        .await
+        .map_err(|e| Usage(e.to_string()))?;
+    let challenge = iam_join::challenge::generate()?;
+    let jwt = identity
+        .web_identity_token(&[DEMO_AUDIENCE, &challenge], "ES384", None)
+        .await
+        .map_err(|e| Usage(e.to_string()))?;
+    println!(
+        "   agent:  asked STS for a JWT (ES384) with audiences {DEMO_AUDIENCE} and the challenge ({} bytes)",
+        jwt.len()
+    );
+    let before = sts.requests();
+    let result = offline
+        .verify("demo-token", Challenge::Plain(&challenge), Proof::WebIdentityToken(jwt.as_bytes()), SystemTime::now())
+        .await;
+    println!(
+        "   server: checked offline with the keys of {issuer} ({} request(s) for its OpenID configuration and JWKS, cached; none to STS)",
+        sts.requests() - before
+    );
+    all_as_expected &= report(&result, None);
     println!(
         "demo finished in {} ms: {}",
         started.elapsed().as_millis(),

@@ -261,7 +261,8 @@ fn demo_runs_and_ends_quickly() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("every outcome as expected"));
-    assert_eq!(stdout.lines().filter(|l| *l == "   as expected").count(), 6, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| *l == "   as expected").count(), 9, "{stdout}");
+    assert!(stdout.contains("presigned URL") && stdout.contains("web identity token"), "every proof format is shown");
 }
 
 /// Runs `verify` in a blocking thread so the emulator keeps serving on the test's runtime.
@@ -416,6 +417,98 @@ async fn sign_output_is_accepted_by_verify() {
     assert!(signed.stdout.starts_with(b"POST / HTTP/1.1\r\nHost: sts.eu-west-1.amazonaws.com\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: 43\r\nAccept: application/json\r\n"));
     let (code, v) = verify(&args(tokens.s(), "iam-token", &c, &sts.url()), signed.stdout).await;
     assert_eq!(code, Some(0), "{v}");
+}
+
+/// `sign --presigned` and `sign --web-identity` print proofs `verify --presigned` and
+/// `verify --web-identity-token` accept (from a file with its trailing newline, and from stdin);
+/// `verify` without the web identity flags refuses the token as a usage error, and a proof flag
+/// is required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_and_verify_the_presigned_and_web_identity_proofs() {
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let tokens = tokens_file();
+    let sign = |extra: Vec<String>| {
+        let url = sts.url();
+        tokio::task::spawn_blocking(move || {
+            let out = bin()
+                .arg("sign")
+                .args(&extra)
+                .env_clear()
+                .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::USER_SECRET)
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ENDPOINT_URL_STS", url)
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("AWS_CONFIG_FILE", "/dev/null")
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+            out.stdout
+        })
+    };
+    let with = |c: &str, flag: &str, value: &str, more: &[String]| {
+        let mut a = args(tokens.s(), "iam-token", c, &sts.url());
+        let at = a.iter().position(|x| x == "--request").unwrap();
+        a[at] = flag.to_owned();
+        a[at + 1] = value.to_owned();
+        a.extend_from_slice(more);
+        a
+    };
+
+    let c = iam_join::challenge::generate().unwrap();
+    let eks = sign(vec!["--challenge".into(), c.clone(), "--presigned".into()]).await.unwrap();
+    assert!(eks.starts_with(b"k8s-aws-v1.") && eks.ends_with(b"\n"));
+    let file = tempfile_path::write("eks-token", &eks);
+    let (code, v) = verify(&with(&c, "--presigned", file.s(), &[]), Vec::new()).await;
+    assert_eq!((code, &v["allowed"]), (Some(0), &Value::Bool(true)), "{v}");
+
+    let issuer = sts.issuer_url("111111111111");
+    let web =
+        vec!["--web-identity-issuer".to_owned(), format!("111111111111={issuer}"), "--audience".into(), "aud-1".into()];
+    let c = iam_join::challenge::generate().unwrap();
+    let jwt = sign(vec!["--challenge".into(), c.clone(), "--web-identity".into(), "--audience".into(), "aud-1".into()])
+        .await
+        .unwrap();
+    assert_eq!(jwt.iter().filter(|&&b| b == b'.').count(), 2, "a JWT");
+    let (code, v) = verify(&with(&c, "--web-identity-token", "-", &web), jwt.clone()).await;
+    assert_eq!((code, &v["allowed"]), (Some(0), &Value::Bool(true)), "{v}");
+    // Another audience configured: untrusted_endpoint, exit 1.
+    let other =
+        vec!["--web-identity-issuer".to_owned(), format!("111111111111={issuer}"), "--audience".into(), "aud-2".into()];
+    let (code, v) = verify(&with(&c, "--web-identity-token", "-", &other), jwt.clone()).await;
+    assert_eq!((code, v["error"]["kind"].as_str()), (Some(1), Some("untrusted_endpoint")), "{v}");
+
+    // Usage errors, exit 2: a token without the web identity flags; no proof at all.
+    let c2 = c.clone();
+    let tokens_path = tokens.s().to_owned();
+    let (no_flags, no_proof) = tokio::task::spawn_blocking(move || {
+        let a = run(
+            &[
+                "verify",
+                "--token",
+                &tokens_path,
+                "--name",
+                "iam-token",
+                "--challenge",
+                &c2,
+                "--web-identity-token",
+                "-",
+            ],
+            Some(&jwt),
+        );
+        let b = run(&["verify", "--token", &tokens_path, "--name", "iam-token", "--challenge", &c2], None);
+        (a, b)
+    })
+    .await
+    .unwrap();
+    assert_eq!(no_flags.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&no_flags.stderr).contains("--web-identity-issuer"),
+        "{}",
+        String::from_utf8_lossy(&no_flags.stderr)
+    );
+    assert_eq!(no_proof.status.code(), Some(2));
 }
 
 /// `iam-join sign` through aws-config's real chain, in a cleared environment (no IMDS: this is

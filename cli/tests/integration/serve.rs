@@ -202,3 +202,74 @@ async fn an_untrusted_endpoint_refusal_does_not_tell_the_client_the_policy() {
     assert!(r.logs().contains("FIPS is required"), "the operator's log has the detail: {}", r.logs());
     assert_eq!(sts.requests(), 0);
 }
+
+/// `iam-join join --proof presigned` and `--proof web-identity` through `iam-join serve`: the
+/// presigned join replays to STS once; the web identity join makes no STS call (the service's
+/// metrics count STS attempts); a request with two proofs is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_join_join_with_each_proof_through_the_service() {
+    let http = client().build().unwrap();
+    let dir = scratch("proofs");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let pin = format!("111111111111={}", sts.issuer_url("111111111111"));
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--sts-endpoint", &sts.url()),
+        ("--web-identity-issuer", &pin),
+        ("--audience", "https://join.example.com"),
+    ]);
+    let r = Replica::start(&http, "proofs", &dir, &args).await;
+    let attempts = |m: &str| metric(m, "iam_join_sts_attempts_total{result=\"answered\"}");
+    let join = |extra: &'static [&'static str]| {
+        let (server, sts_url) = (r.url(""), sts.url());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_iam-join"))
+                .args(["join", "--server", &server, "--token", "iam-token", "--deadline", "10"])
+                .args(extra)
+                .env_clear()
+                .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::USER_SECRET)
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ENDPOINT_URL_STS", sts_url)
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("AWS_CONFIG_FILE", "/dev/null")
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+                .output()
+                .unwrap()
+        })
+    };
+    let before = attempts(&r.metrics(&http).await);
+    let out = join(&["--proof", "presigned"]).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(attempts(&r.metrics(&http).await) - before, 1.0, "the presigned join asked STS once");
+    let out = join(&["--proof", "web-identity", "--audience", "https://join.example.com", "--algorithm", "ES384"])
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(attempts(&r.metrics(&http).await) - before, 1.0, "the web identity join asked STS nothing");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"allowed\":true") && stdout.contains("ci-deployer"), "{stdout}");
+    // Two proofs in one join: malformed, 400.
+    let c = challenge(&http, &r, "iam-token").await;
+    let (status, body) = post(
+        &http,
+        &r.url("/v1/join"),
+        &serde_json::json!({"token": "iam-token", "challenge": c, "request": "", "presigned": "x"}),
+    )
+    .await;
+    assert_eq!((status, body["error"]["kind"].as_str()), (400, Some("malformed_request")), "{body}");
+}
