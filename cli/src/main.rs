@@ -68,8 +68,10 @@ enum Command {
     /// Example: iam-join serve --tokens tokens.yaml --redis redis://127.0.0.1:6379/ --challenge-key keys
     ///
     /// API: POST /v1/challenge {"token"} -> {"challenge","expires_at"}; POST /v1/join {"token",
-    /// "challenge","request" (base64 of the raw signed request)} -> the JSON `verify` prints, with
-    /// 200 allowed, 403 refused, 503 retryable, 400 malformed; GET /metrics, /healthz, /readyz.
+    /// "challenge", and one of "request" (base64 of the raw signed request), "presigned" (a
+    /// presigned URL or EKS token), "web_identity_token" (a JWT from sts:GetWebIdentityToken)} ->
+    /// the JSON `verify` prints, with 200 allowed, 403 refused, 503 retryable, 400 malformed; GET
+    /// /metrics, /healthz, /readyz.
     #[cfg(feature = "serve")]
     Serve(Box<serve::ServeArgs>),
     /// Run the full verification of a captured request; prints one JSON object.

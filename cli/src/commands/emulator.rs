@@ -94,9 +94,12 @@ fn print_exports(url: &str, export: Export, token_file: &std::path::Path) -> Res
     let on = |wanted: Export| if export == wanted { "" } else { "# " };
     let (user, irsa) = (on(Export::User), on(Export::Irsa));
     let token_file = token_file.display();
+    let base = url.trim_end_matches('/');
     let text = format!(
         "# iam-join's STS emulator at {url}: it checks SigV4 signatures; it is not STS.\n\
          # Point the join service at it: iam-join serve --sts-endpoint {url} ...\n\
+         # Web identity tokens (sts:GetWebIdentityToken) of account 111111111111 come from the issuer\n\
+         # {base}/issuers/111111111111: iam-join serve --web-identity-issuer 111111111111={base}/issuers/111111111111 --audience AUD\n\
          export AWS_ENDPOINT_URL_STS={url}\n\
          export AWS_REGION=us-west-2 AWS_EC2_METADATA_DISABLED=true\n\
          export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null\n\

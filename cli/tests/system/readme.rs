@@ -60,15 +60,18 @@ pub(crate) fn try_the_service_offline_runs_as_written() {
     let out = run_as_written(rest);
     let lines: Vec<&str> = out.lines().collect();
     let allowed: Vec<&&str> = lines.iter().filter(|l| l.starts_with("{\"allowed\":true")).collect();
-    assert_eq!(allowed.len(), 2, "two allowed joins:\n{out}");
-    for a in &allowed {
+    assert_eq!(allowed.len(), 4, "four allowed joins:\n{out}");
+    // The forwarded joins and the presigned one prove the IRSA role's session; the web identity
+    // token (the last) proves the role.
+    for a in &allowed[..3] {
         assert!(
             a.contains("arn:aws:sts::111111111111:assumed-role/teleport-kube-agent/"),
             "the IRSA role's session: {a}"
         );
     }
+    assert!(allowed[3].contains("\"arn\":\"arn:aws:iam::111111111111:role/teleport-kube-agent\""), "the role: {}", allowed[3]);
     assert!(lines.iter().any(|l| l.contains("\"kind\":\"challenge_replayed\"")), "a refused replay:\n{out}");
-    assert!(lines.contains(&"iam_join_joins_total{outcome=\"allowed\"} 2"), "{out}");
+    assert!(lines.contains(&"iam_join_joins_total{outcome=\"allowed\"} 4"), "{out}");
     assert!(lines.contains(&"iam_join_joins_total{outcome=\"challenge_replayed\"} 1"), "{out}");
 }
 
