@@ -69,7 +69,11 @@ pub(crate) fn try_the_service_offline_runs_as_written() {
             "the IRSA role's session: {a}"
         );
     }
-    assert!(allowed[3].contains("\"arn\":\"arn:aws:iam::111111111111:role/teleport-kube-agent\""), "the role: {}", allowed[3]);
+    assert!(
+        allowed[3].contains("\"arn\":\"arn:aws:iam::111111111111:role/teleport-kube-agent\""),
+        "the role: {}",
+        allowed[3]
+    );
     assert!(lines.iter().any(|l| l.contains("\"kind\":\"challenge_replayed\"")), "a refused replay:\n{out}");
     assert!(lines.contains(&"iam_join_joins_total{outcome=\"allowed\"} 4"), "{out}");
     assert!(lines.contains(&"iam_join_joins_total{outcome=\"challenge_replayed\"} 1"), "{out}");
