@@ -176,6 +176,8 @@ mod core;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 mod io;
+#[cfg(feature = "issue")]
+pub mod issue;
 mod machine;
 #[cfg(feature = "wire")]
 pub mod wire;

@@ -232,6 +232,18 @@ pub(crate) struct JoinArgs {
     /// The web identity token's signing algorithm: RS256 or ES384.
     #[arg(long, default_value = "RS256", value_parser = ["RS256", "ES384"])]
     algorithm: String,
+    /// Keep the identity here: a key pair made on this machine, and the certificate, CA and JWT
+    /// the service issues for it. A stored identity valid for this token and server with more
+    /// than a third of its lifetime left is used without joining (printed, exit 0).
+    #[arg(long)]
+    identity_dir: Option<std::path::PathBuf>,
+    /// With --identity-dir: join even when the stored identity is still good.
+    #[arg(long, requires = "identity_dir")]
+    force: bool,
+    /// With --identity-dir: keep running, and join again when two thirds of the identity's
+    /// lifetime have passed.
+    #[arg(long, requires = "identity_dir")]
+    renew: bool,
 }
 
 /// How requests are checked and where they are sent: shared by `verify` and `serve`.

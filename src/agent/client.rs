@@ -35,6 +35,38 @@ pub enum ProofFormat {
     },
 }
 
+/// How [`JoinClient::join`] joins: the proof to send, the FIPS endpoint, and the public key to
+/// ask a certificate for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JoinOptions {
+    /// The proof.
+    pub proof: ProofFormat,
+    /// Sign for the region's FIPS endpoint.
+    pub fips: bool,
+    /// The agent's public key (PEM), for a certificate.
+    pub public_key: Option<String>,
+}
+
+impl JoinOptions {
+    /// Joins with `proof`, the standard endpoint, no certificate.
+    pub fn new(proof: ProofFormat) -> Self {
+        Self { proof, fips: false, public_key: None }
+    }
+
+    /// Sign for the FIPS endpoint.
+    pub fn fips(mut self, fips: bool) -> Self {
+        self.fips = fips;
+        self
+    }
+
+    /// Ask for a certificate for this public key (PEM).
+    pub fn public_key(mut self, pem: impl Into<String>) -> Self {
+        self.public_key = Some(pem.into());
+        self
+    }
+}
+
 /// The client of a join service (`iam-join serve`, or any service with its wire contract).
 ///
 /// The signed request is a bearer proof for the challenge's lifetime, so it crosses no network
@@ -46,11 +78,11 @@ pub enum ProofFormat {
 ///
 /// ```no_run
 /// # async fn join() -> Result<(), Box<dyn std::error::Error>> {
-/// use iam_join::agent::{AwsChain, JoinClient, ProofFormat};
+/// use iam_join::agent::{AwsChain, JoinClient, JoinOptions, ProofFormat};
 /// use iam_join::wire::Answer;
 /// let identity = AwsChain::new().load().await?;
 /// let client = JoinClient::new("https://join.example.com")?;
-/// let answer = client.join("kube-agent", &identity, &ProofFormat::Forwarded, false, std::time::Duration::from_secs(60), |_| {}).await?;
+/// let answer = client.join("kube-agent", &identity, &JoinOptions::new(ProofFormat::Forwarded), std::time::Duration::from_secs(60), |_| {}).await?;
 /// if let Answer::Allowed(a) = answer {
 ///     println!("joined as {} with roles {:?}", a.identity.arn, a.roles);
 /// }
@@ -152,8 +184,7 @@ impl JoinClient {
         &self,
         token: &str,
         identity: &ChainIdentity,
-        format: &ProofFormat,
-        fips: bool,
+        options: &JoinOptions,
         deadline: Duration,
         mut on_retry: impl FnMut(Attempt<'_>),
     ) -> Result<Answer, JoinError> {
@@ -163,7 +194,7 @@ impl JoinClient {
         let mut last_refusal = None;
         loop {
             number += 1;
-            let outcome = self.once(token, identity, format, fips, end).await;
+            let outcome = self.once(token, identity, options, end).await;
             let retry_in = jittered_backoff(number, Duration::from_millis(250), Duration::from_secs(5), 0.25);
             let time_left = Instant::now() + retry_in < end;
             match outcome {
@@ -192,10 +223,10 @@ impl JoinClient {
         &self,
         token: &str,
         identity: &ChainIdentity,
-        format: &ProofFormat,
-        fips: bool,
+        options: &JoinOptions,
         end: Instant,
     ) -> Result<Answer, Failure> {
+        let (format, fips) = (&options.proof, options.fips);
         let url = format!("{}/v1/challenge", self.base);
         let (status, body) = self.post(&url, &ChallengeRequest::new(token), end).await?;
         let issued = match serde_json::from_slice::<ChallengeResponse>(&body) {
@@ -238,6 +269,10 @@ impl JoinClient {
                 };
                 JoinRequest::web_identity(token, challenge, jwt)
             }
+        };
+        let request = match &options.public_key {
+            Some(pem) => request.with_public_key(pem.clone()),
+            None => request,
         };
         let url = format!("{}/v1/join", self.base);
         let (status, body) = self.post(&url, &request, end).await?;

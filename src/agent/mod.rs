@@ -5,9 +5,11 @@
 
 mod chain;
 mod client;
+mod identity;
 mod sign;
 
 pub use crate::io::credentials::Credentials;
 pub use chain::{AwsChain, ChainIdentity};
-pub use client::{Attempt, JoinClient, JoinError, MAX_ANSWER_BYTES, ProofFormat};
+pub use client::{Attempt, JoinClient, JoinError, JoinOptions, MAX_ANSWER_BYTES, ProofFormat};
+pub use identity::{IdentityDir, StoredIdentity};
 pub use sign::{DEFAULT_PRESIGN_EXPIRES, JoinRequest, eks_token, presign_join_url, sign_join_request, sts_endpoint};

@@ -32,6 +32,34 @@ pub(crate) fn read_regular_file(path: &Path, limit: usize) -> Result<(Vec<u8>, s
     Ok((bytes, meta))
 }
 
+/// A file holding a secret (a key ring, a CA key, a JWT key), read as [`read_regular_file`] reads
+/// and into a zeroizing buffer. On Unix, a file that group or others may read or write is refused
+/// (as ssh refuses a private key). Refusals are `config_invalid`, name the file and never hold
+/// its contents.
+pub(crate) fn read_private_file(
+    path: &Path,
+    limit: usize,
+    what: &str,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::core::error::Error> {
+    let (bytes, meta) = read_regular_file(path, limit).map_err(crate::core::error::Error::config_invalid)?;
+    let bytes = zeroize::Zeroizing::new(bytes);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(crate::core::error::Error::config_invalid(format!(
+                "{}: the {what} is accessible by group or others (mode {mode:o}); chmod 600 it \
+                 (in Kubernetes, mount the Secret with defaultMode: 0400)",
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    Ok(bytes)
+}
+
 impl crate::core::challenge::ChallengeKeys {
     /// A key ring from a key file ([`ChallengeKeys::parse`](crate::core::challenge::ChallengeKeys::parse)),
     /// read as token files are: a regular file only, at most
@@ -41,23 +69,7 @@ impl crate::core::challenge::ChallengeKeys {
     /// never hold the key.
     pub fn load_file(path: impl AsRef<Path>) -> Result<Self, crate::core::error::Error> {
         let path = path.as_ref();
-        let (bytes, meta) = read_regular_file(path, crate::core::challenge::MAX_KEY_FILE_BYTES)
-            .map_err(crate::core::error::Error::config_invalid)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(crate::core::error::Error::config_invalid(format!(
-                    "{}: the key file is accessible by group or others (mode {mode:o}); chmod 600 it \
-                     (in Kubernetes, mount the Secret with defaultMode: 0400)",
-                    path.display()
-                )));
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = meta;
-        let bytes = zeroize::Zeroizing::new(bytes);
+        let bytes = read_private_file(path, crate::core::challenge::MAX_KEY_FILE_BYTES, "key file")?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| crate::core::error::Error::config_invalid(format!("{}: not UTF-8", path.display())))?;
         Self::parse(text)

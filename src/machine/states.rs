@@ -272,6 +272,7 @@ fn decide(token: &Token, answer: StsAnswer, matched: Option<usize>) -> Result<Ve
             identity,
             matched_rule: rule,
             sts_request_id: answer.request_id,
+            token_expires: token.expires(),
         }),
         None => Err(Error::new(
             ErrorKind::NotAllowed,
@@ -279,6 +280,12 @@ fn decide(token: &Token, answer: StsAnswer, matched: Option<usize>) -> Result<Ve
         )
         .with_identity(identity)),
     }
+}
+
+/// A verdict for `identity` by rule 0 of `token`, for the tests of the layers above.
+#[cfg(test)]
+pub(crate) fn verdict_for_tests(token: &Token, identity: CallerIdentity) -> Verdict {
+    decide(token, StsAnswer { identity, request_id: None }, Some(0)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What STS's answer concluded: a verdict, or the one lookup an organization rule needs.
@@ -357,6 +364,7 @@ pub struct Verdict {
     identity: CallerIdentity,
     matched_rule: usize,
     sts_request_id: Option<String>,
+    token_expires: Option<SystemTime>,
 }
 
 impl Verdict {
@@ -383,6 +391,12 @@ impl Verdict {
     /// STS's request id, for correlating with AWS's logs.
     pub fn sts_request_id(&self) -> Option<&str> {
         self.sts_request_id.as_deref()
+    }
+
+    /// When the token joined with expires, if it does: credentials issued for this join end no
+    /// later.
+    pub fn token_expires(&self) -> Option<SystemTime> {
+        self.token_expires
     }
 }
 

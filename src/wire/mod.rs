@@ -86,6 +86,10 @@ pub struct JoinRequest {
     /// The web identity proof: a JWT from `sts:GetWebIdentityToken`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_identity_token: Option<String>,
+    /// The agent's public key (PEM `PUBLIC KEY`, or a `CERTIFICATE REQUEST` of which only the
+    /// key is used), for a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// The proof a [`JoinRequest`] carries, decoded; [`JoinProof::as_proof`] gives it to the
@@ -129,6 +133,7 @@ impl JoinRequest {
             request: None,
             presigned: None,
             web_identity_token: None,
+            public_key: None,
         }
     }
 
@@ -145,6 +150,12 @@ impl JoinRequest {
     /// A join request with a web identity token.
     pub fn web_identity(token: impl Into<String>, challenge: impl Into<String>, jwt: impl Into<String>) -> Self {
         Self { web_identity_token: Some(jwt.into()), ..Self::new(token, challenge) }
+    }
+
+    /// The same request, asking for a certificate for `public_key` (PEM).
+    pub fn with_public_key(mut self, public_key: impl Into<String>) -> Self {
+        self.public_key = Some(public_key.into());
+        self
     }
 
     /// The one proof, decoded strictly (a forwarded request in standard, padded base64); a
@@ -213,6 +224,57 @@ pub struct Allowed {
     pub identity: Identity,
     /// The index of the allow rule that matched.
     pub matched_rule: usize,
+    /// The credentials issued for the join, when the service issues any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+}
+
+/// The credentials an allowed join receives (`iam-join serve` with a CA or JWT keys).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Credentials {
+    /// The agent's certificate (PEM), when a CA is configured and a `public_key` was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The CA certificate (PEM) that signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// The JWT, when JWT keys are configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<String>,
+    /// When they expire (RFC 3339).
+    pub expires_at: String,
+}
+
+/// The JWT is a bearer credential: its length only.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("certificate", &self.certificate.as_ref().map(String::len))
+            .field("jwt", &self.jwt.as_ref().map(|j| format!("<{} bytes>", j.len())))
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// The credentials of a join, in RFC 3339 for the expiry.
+    pub fn new(certificate: Option<String>, ca: Option<String>, jwt: Option<String>, expires_at: SystemTime) -> Self {
+        let expires_at = time::OffsetDateTime::from(expires_at)
+            .replace_nanosecond(0)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default();
+        Self { certificate, ca, jwt, expires_at }
+    }
+}
+
+impl Allowed {
+    /// The same answer, carrying `credentials`.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
 }
 
 impl From<&Verdict> for Allowed {
@@ -223,6 +285,7 @@ impl From<&Verdict> for Allowed {
             roles: v.roles().iter().map(|r| r.as_str().to_owned()).collect(),
             identity: Identity::from(v.identity()),
             matched_rule: v.matched_rule(),
+            credentials: None,
         }
     }
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// Each layer's folder and rank: a module may use modules of its own rank or below. The
 /// features sit above the I/O edge and may use each other.
-const LAYERS: &[(&str, u8)] = &[("core", 0), ("machine", 1), ("io", 2), ("agent", 3), ("emulator", 3), ("wire", 3)];
+const LAYERS: &[(&str, u8)] =
+    &[("core", 0), ("machine", 1), ("io", 2), ("agent", 3), ("emulator", 3), ("wire", 3), ("issue", 3)];
 /// What no module of the core or the machine may name.
 const PURE_FORBIDDEN: &[&str] =
     &["tokio", "reqwest", "hyper", "rustls", "SystemTime::now", "Instant::now", "std::net", "std::fs", "std::thread"];

@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::{EndpointArgs, Usage};
 use api::App;
+use iam_join::issue::{CertificateAuthority, CredentialIssuer, JwtKey};
 use metrics::{MeteredGuard, MeteredTransport, Metrics};
 
 #[derive(Args)]
@@ -70,6 +71,53 @@ pub(crate) struct ServeArgs {
     /// every connection has a request being answered, it is refused (503).
     #[arg(long, env = "IAM_JOIN_MAX_CONNECTIONS", default_value_t = connections::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// The CA certificate (PEM) that signs agents' certificates; needs --ca-key and
+    /// --trust-domain. Allowed joins that send a public_key get a certificate.
+    #[arg(long, env = "IAM_JOIN_CA_CERT", requires_all = ["ca_key", "trust_domain"])]
+    ca_cert: Option<PathBuf>,
+    /// The CA's private key (PEM); refused when group or others can read it.
+    #[arg(long, env = "IAM_JOIN_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// The trust domain of the SPIFFE-style URI SAN (spiffe://TRUST_DOMAIN/aws/ACCOUNT/...).
+    #[arg(long, env = "IAM_JOIN_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// A JWT signing key (PEM PKCS#8 or a private JWK, EC P-256); repeat for rotation: the first
+    /// signs, all are published at /.well-known/jwks.json. Needs --issuer and --jwt-audience.
+    #[arg(long = "jwt-signing-key", env = "IAM_JOIN_JWT_SIGNING_KEYS", value_delimiter = ',', requires_all = ["issuer", "jwt_audience"])]
+    jwt_signing_keys: Vec<PathBuf>,
+    /// The JWT's iss, and the base of /.well-known/openid-configuration (this service's URL).
+    #[arg(long, env = "IAM_JOIN_ISSUER")]
+    issuer: Option<String>,
+    /// The JWT's aud.
+    #[arg(long, env = "IAM_JOIN_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// How long issued credentials last, in seconds (1 to 86400), never past the token's expiry.
+    #[arg(long, env = "IAM_JOIN_CREDENTIAL_TTL", default_value_t = 3600)]
+    credential_ttl: u64,
+}
+
+/// The credential issuer the flags describe, if any.
+fn credential_issuer(a: &ServeArgs) -> Result<Option<Arc<CredentialIssuer>>, Usage> {
+    if a.ca_cert.is_none() && a.jwt_signing_keys.is_empty() {
+        return Ok(None);
+    }
+    let failed = |e: iam_join::Error| Usage(e.detail().to_owned());
+    let mut b = CredentialIssuer::builder(a.trust_domain.clone().unwrap_or_else(|| "iam-join.invalid".to_owned()))
+        .ttl(Duration::from_secs(a.credential_ttl));
+    if let (Some(cert), Some(key)) = (&a.ca_cert, &a.ca_key) {
+        b = b.ca(CertificateAuthority::load_files(cert, key).map_err(failed)?);
+    }
+    if !a.jwt_signing_keys.is_empty() {
+        let keys = a.jwt_signing_keys.iter().map(JwtKey::load_file).collect::<Result<Vec<_>, _>>().map_err(failed)?;
+        b = b.jwt_keys(keys);
+        if let Some(iss) = &a.issuer {
+            b = b.issuer_url(iss.clone());
+        }
+        if let Some(aud) = &a.jwt_audience {
+            b = b.audience(aud.clone());
+        }
+    }
+    b.build().map(|i| Some(Arc::new(i))).map_err(failed)
 }
 
 pub(crate) fn run(a: ServeArgs) -> Result<ExitCode, Usage> {
@@ -110,6 +158,8 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
     }
     metrics.set_tokens(tokens.len());
     let keys = challenge_keys(&a)?;
+    // Key material is read once here; it is never logged.
+    let credentials = credential_issuer(&a)?;
     let timeout = a.endpoints.timeout()?;
     let policy = a.endpoints.policy()?;
     let sts: Arc<dyn AwsTransport> = Arc::new(a.endpoints.sts_transport(timeout)?);
@@ -159,6 +209,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
         redis,
         metrics: Arc::clone(&metrics),
         body_timeout: header_timeout,
+        issuer: credentials,
     });
     // An answer never waits longer than reading the body and a verification may take, plus
     // writing it.

@@ -273,3 +273,115 @@ async fn iam_join_join_with_each_proof_through_the_service() {
     .await;
     assert_eq!((status, body["error"]["kind"].as_str()), (400, Some("malformed_request")), "{body}");
 }
+
+/// `iam-join join --identity-dir`: the stored identity is reused while more than a third of its
+/// life remains, replaced once two thirds have passed, and never presented once expired (with
+/// the service down, join then fails); `--renew` joins again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_identity_is_reused_renewed_and_never_presented_expired() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let http = client().build().unwrap();
+    let dir = scratch("identity");
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    let (ca_cert, ca_key) = iam_join::issue::CertificateAuthority::generate("test CA").unwrap();
+    let (_, jwt_key) = iam_join::issue::JwtKey::generate().unwrap();
+    for (name, text) in [("ca.pem", ca_cert.as_str()), ("ca.key", ca_key.as_str()), ("jwt.pem", jwt_key.as_str())] {
+        std::fs::write(dir.join(name), text).unwrap();
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let path = |n: &str| dir.join(n).display().to_string();
+    let args = flags(&[
+        ("--tokens", &path("tokens.yaml")),
+        ("--sts-endpoint", &sts.url()),
+        ("--ca-cert", &path("ca.pem")),
+        ("--ca-key", &path("ca.key")),
+        ("--trust-domain", "example.org"),
+        ("--jwt-signing-key", &path("jwt.pem")),
+        ("--jwt-audience", "aud"),
+        ("--credential-ttl", "3"),
+        ("--issuer", "https://join.example.com"),
+    ]);
+    let r = Replica::start(&http, "identity", &dir, &args).await;
+    let ident = path("agent");
+    let server = r.url("");
+    let issued_at = || {
+        let text = std::fs::read_to_string(dir.join("agent/identity.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["issued_at"].as_u64().unwrap()
+    };
+    let run = |extra: &'static [&'static str]| {
+        let (server, ident) = (server.clone(), ident.clone());
+        tokio::task::spawn_blocking(move || identity_join(&server, &ident, extra))
+    };
+    let out = run(&[]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = issued_at();
+    // At once: reused, no join.
+    let out = run(&[]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "reused without joining: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(issued_at(), first);
+    // Two thirds of 3 s later: joined again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let out = run(&[]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("less than a third"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = issued_at();
+    assert!(second > first);
+    // --renew joins by itself when two thirds have passed.
+    let (server, ident2) = (r.url(""), ident.clone());
+    let mut renewing = std::process::Command::new(env!("CARGO_BIN_EXE_iam-join"))
+        .args([
+            "join",
+            "--server",
+            &server,
+            "--token",
+            "iam-token",
+            "--deadline",
+            "3",
+            "--identity-dir",
+            &ident2,
+            "--renew",
+        ])
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::USER_SECRET)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while issued_at() == second && start.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = renewing.kill();
+    let _ = renewing.wait();
+    assert!(issued_at() > second, "--renew joined again");
+    // The service is gone and the identity expires: join never presents it, and fails.
+    drop(r);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let out = run(&[]).await.unwrap();
+    assert_ne!(out.status.code(), Some(0), "an expired identity is never presented");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `iam-join join --identity-dir IDENT` against `server` as the emulator's IAM user.
+fn identity_join(server: &str, ident: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_iam-join"))
+        .args(["join", "--server", server, "--token", "iam-token", "--deadline", "3", "--identity-dir", ident])
+        .args(extra)
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::USER_SECRET)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap()
+}

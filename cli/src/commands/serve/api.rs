@@ -12,7 +12,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use iam_join::challenge::ChallengeKeys;
-use iam_join::wire::{Answer, ChallengeRequest, ChallengeResponse, JoinProof, JoinRequest, Refusal};
+use iam_join::issue::{AgentKey, CredentialIssuer};
+use iam_join::wire::{
+    Allowed, Answer, ChallengeRequest, ChallengeResponse, Credentials, JoinProof, JoinRequest, Refusal,
+};
 use iam_join::{Challenge, ErrorKind, RedisReplayGuard, Verifier};
 use serde::Deserialize;
 
@@ -33,6 +36,8 @@ pub(crate) struct App {
     pub(crate) metrics: Arc<Metrics>,
     /// How long a client may take to send a body it declared (the head's deadline is hyper's).
     pub(crate) body_timeout: Duration,
+    /// Issues credentials for allowed joins, when configured.
+    pub(crate) issuer: Option<Arc<CredentialIssuer>>,
 }
 
 /// The routes, with every answer bounded by `answer_timeout` (408 past it) and every error
@@ -42,6 +47,9 @@ pub(crate) fn router(app: Arc<App>, answer_timeout: Duration) -> Router {
         .route("/v1/challenge", post(challenge))
         .route("/v1/join", post(join))
         .route("/metrics", get(metrics))
+        .route("/v1/ca", get(ca))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/openid-configuration", get(openid_configuration))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, "", "no such endpoint") })
@@ -156,6 +164,14 @@ async fn join(State(app): State<Arc<App>>, request: Request) -> Response {
             return answer(Answer::Refused(*refused));
         }
     };
+    // A key that cannot be certified is refused before anything is sent to STS.
+    let key = match req.public_key.as_deref().map(AgentKey::from_pem).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            app.metrics.join(ErrorKind::MalformedRequest.as_str(), started);
+            return answer(Answer::Refused(Refusal::new(&req.token, &e)));
+        }
+    };
     // The challenge must be one this service (or a replica with the same keys) issued for this
     // token, in its one spelling, and still valid; the request must have signed exactly it. The
     // library checks both, claims it, logs the outcome in its span, and decides what the client
@@ -164,7 +180,50 @@ async fn join(State(app): State<Arc<App>>, request: Request) -> Response {
         app.verifier.verify(&req.token, Challenge::Keyed(&req.challenge), proof.as_proof(), SystemTime::now()).await;
     let outcome = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "allowed");
     app.metrics.join(outcome, started);
-    answer(Answer::of(&req.token, &result))
+    match (&result, &app.issuer) {
+        (Ok(verdict), Some(issuer)) => match issuer.issue(verdict, key.as_ref(), SystemTime::now()) {
+            Ok(issued) => {
+                if issued.certificate.is_some() {
+                    app.metrics.credential_issued("certificate");
+                }
+                if issued.jwt.is_some() {
+                    app.metrics.credential_issued("jwt");
+                }
+                let credentials = Credentials::new(issued.certificate, issued.ca, issued.jwt, issued.expires_at);
+                answer(Answer::Allowed(Allowed::from(verdict).with_credentials(credentials)))
+            }
+            Err(e) => {
+                // The join was allowed, but no credential could be made: the client gets none.
+                tracing::error!(error = %e, token = %req.token, "issuing credentials failed");
+                answer(Answer::Refused(Refusal::new(&req.token, &e)))
+            }
+        },
+        _ => answer(Answer::of(&req.token, &result)),
+    }
+}
+
+/// `GET /v1/ca`: the CA bundle (PEM) agents' certificates chain to.
+async fn ca(State(app): State<Arc<App>>) -> Response {
+    match app.issuer.as_ref().and_then(|i| i.ca_pem()) {
+        Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem.to_owned()).into_response(),
+        None => refusal(StatusCode::NOT_FOUND, "", "this service issues no certificates"),
+    }
+}
+
+/// `GET /.well-known/jwks.json`: every JWT key, the signing one first.
+async fn jwks(State(app): State<Arc<App>>) -> Response {
+    match app.issuer.as_ref().and_then(|i| i.jwks()) {
+        Some(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
+        None => refusal(StatusCode::NOT_FOUND, "", "this service issues no JWTs"),
+    }
+}
+
+/// `GET /.well-known/openid-configuration`: the issuer exactly as configured and its JWKS.
+async fn openid_configuration(State(app): State<Arc<App>>) -> Response {
+    match app.issuer.as_ref().and_then(|i| i.openid_configuration()) {
+        Some(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
+        None => refusal(StatusCode::NOT_FOUND, "", "this service issues no JWTs"),
+    }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -25,6 +25,12 @@ pub(crate) struct Result_ {
     result: &'static str,
 }
 
+/// The `type` label of issued credentials: `certificate` or `jwt`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CredentialType {
+    r#type: &'static str,
+}
+
 /// Every metric the service exports. Names carry the `iam_join_` prefix; counters get `_total`.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -34,6 +40,7 @@ pub(crate) struct Metrics {
     sts_seconds: Histogram,
     sts_attempts: Family<Result_, Counter>,
     challenges: Counter,
+    credentials: Family<CredentialType, Counter>,
     replay_claims: Family<Result_, Counter>,
     org_cache_hits: Counter,
     org_cache_misses: Counter,
@@ -57,6 +64,7 @@ impl Metrics {
             sts_seconds: Histogram::new(buckets()),
             sts_attempts: Family::default(),
             challenges: Counter::default(),
+            credentials: Family::default(),
             replay_claims: Family::default(),
             org_cache_hits: Counter::default(),
             org_cache_misses: Counter::default(),
@@ -81,6 +89,11 @@ impl Metrics {
             m.sts_attempts.clone(),
         );
         registry.register("challenges_issued", "Challenges issued by POST /v1/challenge", m.challenges.clone());
+        registry.register(
+            "credentials_issued",
+            "Credentials issued for allowed joins, by type: certificate or jwt",
+            m.credentials.clone(),
+        );
         registry.register(
             "replay_claims",
             "Single-use claims, by result: claimed, conflict (a replay) or unavailable (store down)",
@@ -138,6 +151,10 @@ impl Metrics {
 
     pub(crate) fn challenge_issued(&self) {
         self.challenges.inc();
+    }
+
+    pub(crate) fn credential_issued(&self, kind: &'static str) {
+        self.credentials.get_or_create(&CredentialType { r#type: kind }).inc();
     }
 
     /// A reload that swapped in a set of `tokens` tokens.
