@@ -362,7 +362,14 @@ async fn a_stored_identity_is_reused_renewed_and_never_presented_expired() {
     }
     let _ = renewing.kill();
     let _ = renewing.wait();
-    assert!(issued_at() > second, "--renew joined again");
+    let renewed = issued_at();
+    assert!(renewed > second, "--renew joined again");
+    // Expired: joined again.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let out = run(&[]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(issued_at() > renewed);
     // The service is gone and the identity expires: join never presents it, and fails.
     drop(r);
     tokio::time::sleep(Duration::from_millis(3100)).await;
