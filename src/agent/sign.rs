@@ -159,20 +159,6 @@ pub fn sign_join_request(creds: &Credentials, join: &JoinRequest, time: SystemTi
 /// How long a presigned join URL stays valid by default: 60 s, as `aws eks get-token` signs it.
 pub const DEFAULT_PRESIGN_EXPIRES: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// SigV4's URI encoding for query values.
-fn query_encode(s: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
 /// Presigns the join as a URL: `GET https://<endpoint>/?Action=GetCallerIdentity&Version=2011-06-15`
 /// and the SigV4 query, with the challenge in the signed header `x-k8s-aws-id` (as
 /// `aws eks get-token --cluster-name <challenge>` signs it), valid for `expires` (1 to 900 s).
@@ -205,9 +191,9 @@ pub fn presign_join_url(
     let mut url = format!("https://{host}/?{base}");
     for (name, value) in params {
         url.push('&');
-        url.push_str(&query_encode(&name));
+        url.push_str(&crate::core::text::percent_encode(&name, b""));
         url.push('=');
-        url.push_str(&query_encode(&value));
+        url.push_str(&crate::core::text::percent_encode(&value, b""));
     }
     Ok(url)
 }

@@ -50,6 +50,21 @@ pub(crate) fn quoted_name(name: &str) -> String {
     quoted(name, MAX_NAME_CHARS)
 }
 
+/// `text` with every byte outside RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`), and
+/// outside `keep`, written as `%XX` (uppercase hex): SigV4's URI encoding with `keep` empty.
+pub(crate) fn percent_encode(text: &str, keep: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +78,7 @@ mod tests {
         assert_eq!(quoted_name(&"x".repeat(1000)).len(), 128 + 3 + 2);
         assert_eq!(escaped("\u{1b}[2K", 64), "\\u{1b}[2K");
         assert_eq!(escaped("plain", 64), "plain", "positive control");
+        assert_eq!(percent_encode("a/b c~", b""), "a%2Fb%20c~");
+        assert_eq!(percent_encode("a/b@c", b"/"), "a/b%40c");
     }
 }

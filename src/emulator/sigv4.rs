@@ -21,19 +21,6 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// SigV4's URI encoding: unreserved characters as they are, every other byte `%XX`.
-fn uri_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
 /// What was signed, and how.
 pub(super) struct Signed<'a> {
     pub(super) method: &'a str,
@@ -78,8 +65,11 @@ pub(super) fn decode_query(query: &str) -> Vec<(String, String)> {
 /// The canonical query of a presigned request: every parameter but the signature, encoded and
 /// sorted.
 pub(super) fn canonical_query(params: &[(String, String)]) -> String {
-    let mut pairs: Vec<(String, String)> =
-        params.iter().filter(|(k, _)| k != "X-Amz-Signature").map(|(k, v)| (uri_encode(k), uri_encode(v))).collect();
+    let mut pairs: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "X-Amz-Signature")
+        .map(|(k, v)| (crate::core::text::percent_encode(k, b""), crate::core::text::percent_encode(v, b"")))
+        .collect();
     pairs.sort();
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
 }

@@ -20,7 +20,6 @@
 mod keys;
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
@@ -41,17 +40,9 @@ pub const MAX_CREDENTIAL_TTL: Duration = Duration::from_secs(86_400);
 /// a little behind.
 pub const NOT_BEFORE_BACKDATE: Duration = Duration::from_secs(60);
 
-/// Characters left as they are in the SANs' paths and URNs.
+/// Characters left as they are in the SANs' paths and URNs: the unreserved ones (and `/`).
 fn encode(text: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-') || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    crate::core::text::percent_encode(text, if keep_slash { b"/" } else { b"" })
 }
 
 fn b64(bytes: &[u8]) -> String {

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from harness import Tally, free_port, wait_for
+from harness import Tally, free_port, http_json, start_emulator, wait_for
 
 IAM_JOIN = sys.argv[1]
 AUDIENCE = "https://apps.example.com"
@@ -25,13 +25,7 @@ check = tally.check
 
 
 def http(url, body=None):
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 method="POST" if body is not None else "GET", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return http_json(url, body)
 
 
 def main():
@@ -39,16 +33,8 @@ def main():
     work = tempfile.mkdtemp(prefix="credentials-interop-")
     procs = []
     try:
-        emu = subprocess.Popen([IAM_JOIN, "emulator", "--listen", f"127.0.0.1:{emu_port}", "--dir", work],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        emu, exports = start_emulator(IAM_JOIN, emu_port, work)
         procs.append(emu)
-        exports = {}
-        for line in iter(emu.stdout.readline, ""):
-            for k, v in re.findall(r"(?:^|\s)(AWS_[A-Z_]+)=(\S+)", line if line.startswith("export") else ""):
-                exports[k] = v
-            if "AWS_ACCESS_KEY_ID" in exports:
-                break
-        wait_for(emu_port)
         emu_url = f"http://127.0.0.1:{emu_port}/"
 
         # The CA and the JWT keys, made by OpenSSL.

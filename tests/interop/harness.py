@@ -1,6 +1,6 @@
 """What the interop scripts share: loopback ports, waiting for a server, moto's server, and the
 tally of checks. Each script runs from .ci/interop with the virtualenv's python."""
-import os, socket, subprocess, sys, time
+import json, os, re, socket, subprocess, sys, time, urllib.request
 
 
 def free_port():
@@ -48,3 +48,29 @@ class Tally:
     def summary(self):
         print(f"{self.passed} passed, {self.failed} failed")
         return 1 if self.failed else 0
+
+
+def http_json(url, body=None):
+    """GET url, or POST body as JSON; (status, text), whatever the status."""
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                 method="POST" if body is not None else "GET", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def start_emulator(iam_join, port, work):
+    """`iam-join emulator` on 127.0.0.1:port, its files in work; (process, the variables its
+    export lines set)."""
+    emu = subprocess.Popen([iam_join, "emulator", "--listen", f"127.0.0.1:{port}", "--dir", work],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    exports = {}
+    for line in iter(emu.stdout.readline, ""):
+        for k, v in re.findall(r"(?:^|\s)(AWS_[A-Z_]+)=(\S+)", line if line.startswith("export") else ""):
+            exports[k] = v
+        if "AWS_ACCESS_KEY_ID" in exports and "AWS_ENDPOINT_URL_STS" in exports:
+            break
+    wait_for(port)
+    return emu, exports

@@ -15,7 +15,7 @@ import base64, datetime, json, os, re, signal, subprocess, sys, tempfile, urllib
 
 import botocore.auth, botocore.awsrequest, botocore.credentials, boto3, jwt
 
-from harness import Tally, free_port, wait_for
+from harness import Tally, free_port, http_json, start_emulator, wait_for
 
 IAM_JOIN, AWS = sys.argv[1], sys.argv[2]
 AUDIENCE = "https://join.example.com"
@@ -24,13 +24,7 @@ check = tally.check
 
 
 def http(url, body=None):
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 method="POST" if body is not None else "GET", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return http_json(url, body)
 
 
 def botocore_signature(url, header_value, key, secret, token=None):
@@ -67,16 +61,8 @@ def main():
     work = tempfile.mkdtemp(prefix="proofs-interop-")
     procs = []
     try:
-        emu = subprocess.Popen([IAM_JOIN, "emulator", "--listen", f"127.0.0.1:{emu_port}", "--dir", work],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        emu, exports = start_emulator(IAM_JOIN, emu_port, work)
         procs.append(emu)
-        exports = {}
-        for line in iter(emu.stdout.readline, ""):
-            for k, v in re.findall(r"(?:^|\s)(AWS_[A-Z_]+)=(\S+)", line if line.startswith("export") else ""):
-                exports[k] = v
-            if "AWS_ACCESS_KEY_ID" in exports and "AWS_ENDPOINT_URL_STS" in exports:
-                break
-        wait_for(emu_port)
         key, secret = exports["AWS_ACCESS_KEY_ID"], exports["AWS_SECRET_ACCESS_KEY"]
         issuer = f"{emu_url}/issuers/111111111111"
 
