@@ -220,6 +220,11 @@ pub use crate::io::driver::{DEFAULT_DEADLINE, DEFAULT_RETRIES};
 pub use crate::io::jwks::{
     DEFAULT_JWKS_LIFETIME, DEFAULT_JWKS_REFRESH_INTERVAL, JwksCache, JwksCacheBuilder, MAX_CACHED_ISSUERS,
 };
+#[cfg(feature = "io")]
+pub use crate::io::limits::{
+    DEFAULT_MAX_STS_INFLIGHT, DEFAULT_MAX_THROTTLE_BACKOFF, DEFAULT_STS_SLOT_WAIT, DEFAULT_THROTTLE_BACKOFF, LimitStats,
+    LimitedTransport, StsLimits,
+};
 #[cfg(feature = "redis")]
 pub use crate::io::replay::RedisReplayGuard;
 #[cfg(feature = "io")]

@@ -36,6 +36,10 @@ pub enum ErrorKind {
     /// The replay guard's store could not answer, so single use could not be ensured: the join
     /// fails closed. Retryable.
     ReplayStoreUnavailable,
+    /// The client (its address) sent challenge or join requests faster than the service's rate
+    /// limit allows: refused before anything was checked or sent to STS. Retryable after the
+    /// `Retry-After` the service answers with.
+    RateLimited,
     /// Not a join outcome: the caller's setup is wrong (a builder value, a key, a flag, an issued
     /// challenge too short to be one). Kept apart so that per-kind dashboards of joins stay true.
     ConfigInvalid,
@@ -57,6 +61,7 @@ impl ErrorKind {
             Self::LookupFailed => "lookup_failed",
             Self::ChallengeReplayed => "challenge_replayed",
             Self::ReplayStoreUnavailable => "replay_store_unavailable",
+            Self::RateLimited => "rate_limited",
             Self::ConfigInvalid => "config_invalid",
         }
     }
@@ -80,6 +85,7 @@ impl ErrorKind {
             Self::LookupFailed => "the AWS Organizations lookup failed",
             Self::ChallengeReplayed => "this challenge was already used for a join; the agent must ask for a new one",
             Self::ReplayStoreUnavailable => "single use cannot be ensured right now; retry with a new challenge",
+            Self::RateLimited => "too many requests from this address; retry after the Retry-After delay",
             Self::ConfigInvalid => "the join service cannot verify joins; see its logs",
         }
     }
@@ -90,7 +96,7 @@ impl ErrorKind {
     }
 
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         Self::TokenInvalid,
         Self::MalformedRequest,
         Self::UntrustedEndpoint,
@@ -103,6 +109,7 @@ impl ErrorKind {
         Self::LookupFailed,
         Self::ChallengeReplayed,
         Self::ReplayStoreUnavailable,
+        Self::RateLimited,
         Self::ConfigInvalid,
     ];
 }
@@ -219,6 +226,9 @@ pub struct Error {
     retryable: Option<bool>,
     sts: Option<Box<StsErrorInfo>>,
     identity: Option<Box<crate::core::identity::CallerIdentity>>,
+    /// Set by a local limit (the STS slots, the throttling backoff): when to try again. The
+    /// verifier does not retry such an error itself.
+    retry_after: Option<std::time::Duration>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -233,6 +243,7 @@ impl Error {
             retryable: None,
             sts: None,
             identity: None,
+            retry_after: None,
             source: None,
         }
     }
@@ -312,6 +323,22 @@ impl Error {
         self
     }
 
+    /// Marks a refusal by a local limit, worth retrying after `after`.
+    #[cfg(feature = "io")]
+    pub(crate) fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self.retryable = Some(true);
+        self
+    }
+
+    /// For a refusal by a local limit of this process (no free STS slot, or backing off while
+    /// STS throttles), how long the client should wait before trying again: the `Retry-After` a
+    /// service answers with. Nothing was sent to STS for such a join. `None` for every other
+    /// error.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
+    }
+
     pub(crate) fn with_retryable(mut self, retryable: bool) -> Self {
         self.retryable = Some(retryable);
         self
@@ -365,7 +392,10 @@ impl Error {
 
     /// Whether retrying the same verification later may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.retryable.unwrap_or(matches!(self.kind, ErrorKind::StsUnavailable | ErrorKind::ReplayStoreUnavailable))
+        self.retryable.unwrap_or(matches!(
+            self.kind,
+            ErrorKind::StsUnavailable | ErrorKind::ReplayStoreUnavailable | ErrorKind::RateLimited
+        ))
     }
 }
 
@@ -391,6 +421,7 @@ mod tests {
                 "lookup_failed",
                 "challenge_replayed",
                 "replay_store_unavailable",
+                "rate_limited",
                 "config_invalid",
             ]
         );

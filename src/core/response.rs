@@ -206,6 +206,26 @@ pub fn parse_sts_response(status: u16, content_type: Option<&str>, body: &[u8]) 
     }
 }
 
+/// Whether an STS answer says that STS is throttling the caller: HTTP 429, or a 4xx whose error
+/// code is `Throttling`, `ThrottlingException`, `RequestLimitExceeded` or
+/// `TooManyRequestsException`. Unlike a 5xx (STS failing), this is a reason to send less.
+pub(crate) fn is_throttling_answer(answer: &HttpAnswer) -> bool {
+    if answer.status == 429 {
+        return true;
+    }
+    if !(400..=499).contains(&answer.status) {
+        return false;
+    }
+    parse_sts_response(answer.status, answer.content_type.as_deref(), &answer.body).err().is_some_and(|e| {
+        e.sts_error().is_some_and(|i| {
+            matches!(
+                i.code.as_str(),
+                "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException"
+            )
+        })
+    })
+}
+
 /// Codes STS uses when it is overloaded rather than refusing the caller.
 fn is_throttling(code: &str) -> bool {
     matches!(

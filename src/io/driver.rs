@@ -310,7 +310,9 @@ async fn round_trips(
             other => return other,
         };
         let backoff = backoff(attempt);
-        if !err.is_retryable() || attempt > retries || start.elapsed() + backoff >= budget {
+        // A local limit's refusal (no slot, a throttling backoff) is the caller's to retry.
+        if !err.is_retryable() || err.retry_after().is_some() || attempt > retries || start.elapsed() + backoff >= budget
+        {
             return Err(err);
         }
         tracing::debug!(attempt, error = %err, backoff_ms = backoff.as_millis() as u64, "retrying STS");

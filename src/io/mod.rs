@@ -10,6 +10,8 @@ pub(crate) mod files;
 #[cfg(feature = "io")]
 pub(crate) mod jwks;
 #[cfg(feature = "io")]
+pub(crate) mod limits;
+#[cfg(feature = "io")]
 pub mod organizations;
 #[cfg(feature = "io")]
 pub(crate) mod replay;

@@ -91,22 +91,101 @@ impl ReplayGuard for MemoryReplayGuard {
 /// Single use across every replica that shares one Redis: each claim is
 /// `SET iam-join:c:<sha256> <value> NX PX <ms until the claim ends>`, so Redis itself expires
 /// claims. The value is random per claim, so a claim retried after its reply was lost is
-/// recognised (`GET` finds its own value) as the same claim, not a replay. The connection is made
-/// lazily and remade after Redis restarts (the `redis` crate's connection manager); a claim that
-/// fails on a dead connection is retried once on the new one; while Redis cannot answer, joins
-/// fail closed as `replay_store_unavailable`.
+/// recognised (`GET` finds its own value) as the same claim, not a replay.
+///
+/// Redis is reached directly (`redis://`, the `redis` crate's connection manager, remade after
+/// Redis restarts) or through Sentinel (`redis+sentinel://`), which names the current primary:
+/// after a failover the guard asks the Sentinels again and follows the promoted replica. A claim
+/// that fails on a dead connection (or on a primary demoted to replica, `READONLY`) is retried
+/// once on a new one; while Redis cannot answer, joins fail closed as
+/// `replay_store_unavailable`.
+///
+/// With [`RedisReplayGuard::min_replicas`] `N > 0`, each claim is followed by `WAIT N`: the
+/// join goes on only once the claim is on `N` replicas, so a failover that loses the primary
+/// cannot lose an acknowledged claim (Sentinel promotes the most up-to-date replica). Fewer
+/// acknowledgements in time fail the join closed.
 #[cfg(feature = "redis")]
 #[derive(Clone)]
 pub struct RedisReplayGuard {
-    conn: redis::aio::ConnectionManager,
+    backend: Backend,
     timeout: std::time::Duration,
+    min_replicas: u32,
+}
+
+#[cfg(feature = "redis")]
+#[derive(Clone)]
+enum Backend {
+    Direct(redis::aio::ConnectionManager),
+    Sentinel(std::sync::Arc<SentinelBackend>),
+}
+
+/// The Sentinels and the connection to the primary they last named.
+#[cfg(feature = "redis")]
+struct SentinelBackend {
+    sentinels: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    primary: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    config: redis::AsyncConnectionConfig,
 }
 
 #[cfg(feature = "redis")]
 impl fmt::Debug for RedisReplayGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL may hold a password: never printed.
-        f.debug_struct("RedisReplayGuard").field("timeout", &self.timeout).finish_non_exhaustive()
+        let via = match self.backend {
+            Backend::Direct(_) => "redis",
+            Backend::Sentinel(_) => "sentinel",
+        };
+        f.debug_struct("RedisReplayGuard")
+            .field("via", &via)
+            .field("timeout", &self.timeout)
+            .field("min_replicas", &self.min_replicas)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of a `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME` URL.
+#[cfg(feature = "redis")]
+#[derive(Debug, PartialEq, Eq)]
+struct SentinelUrl {
+    sentinels: Vec<(String, u16)>,
+    master: String,
+    password: Option<String>,
+}
+
+#[cfg(feature = "redis")]
+impl SentinelUrl {
+    fn parse(url: &str) -> Result<Self, Error> {
+        let bad = |why: &str| {
+            Error::config_invalid(format!(
+                "the Sentinel URL is not redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME: {why}"
+            ))
+        };
+        let rest = url.strip_prefix("redis+sentinel://").ok_or_else(|| bad("another scheme"))?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        let password = match auth {
+            None => None,
+            Some(a) => Some(a.strip_prefix(':').unwrap_or(a).to_owned()).filter(|p| !p.is_empty()),
+        };
+        let (hosts, master) = rest.split_once('/').ok_or_else(|| bad("no /MASTER_NAME"))?;
+        if master.is_empty() || master.contains(['/', '?', '#']) || master.chars().any(char::is_control) {
+            return Err(bad("the master name is empty or not a plain name"));
+        }
+        let sentinels = hosts
+            .split(',')
+            .map(|h| {
+                let (host, port) = h.rsplit_once(':').ok_or_else(|| bad("a Sentinel without :PORT"))?;
+                let port = port.parse::<u16>().map_err(|_| bad("a port that is not a number"))?;
+                let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+                if host.is_empty() {
+                    return Err(bad("an empty host"));
+                }
+                Ok((host.to_owned(), port))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { sentinels, master: master.to_owned(), password })
     }
 }
 
@@ -115,33 +194,162 @@ impl RedisReplayGuard {
     /// The longest a claim may wait for Redis, connecting included, before the join fails closed.
     pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-    /// A guard for the Redis at `url` (`redis://[:password@]host:port[/db]`). Connects lazily:
-    /// a server can start while Redis is down, and its joins fail closed until Redis answers.
+    /// How long `WAIT` may wait for replicas (with [`RedisReplayGuard::min_replicas`]).
+    pub const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+    /// A guard for the Redis at `url`: `redis://[:password@]host:port[/db]`, or through
+    /// Sentinel, `redis+sentinel://[:password@]host:port[,host:port...]/master_name` (the
+    /// password is the data nodes'; the Sentinels are asked without one). Connects lazily: a
+    /// server can start while Redis is down, and its joins fail closed until Redis answers.
     /// Must be called inside a tokio runtime.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use iam_join::RedisReplayGuard;
+    /// let guard = RedisReplayGuard::new("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/joins")?.min_replicas(1);
+    /// assert!(format!("{guard:?}").contains("sentinel"));
+    /// assert!(RedisReplayGuard::new("redis+sentinel://10.0.0.1:26379").is_err(), "no master name");
+    /// # Ok::<(), iam_join::Error>(()) }).unwrap();
+    /// ```
     pub fn new(url: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::config_invalid(format!("the Redis URL is not usable: {}", redis_kind(&e))))?;
         let timeout = Self::DEFAULT_TIMEOUT;
-        let config = redis::aio::ConnectionManagerConfig::new()
+        let backend = if url.starts_with("redis+sentinel://") {
+            Backend::Sentinel(std::sync::Arc::new(Self::sentinel(url, timeout)?))
+        } else {
+            let client = redis::Client::open(url)
+                .map_err(|e| Error::config_invalid(format!("the Redis URL is not usable: {}", redis_kind(&e))))?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout + Self::REPLICA_WAIT))
+                .set_number_of_retries(1);
+            let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|e| Error::config_invalid(format!("the Redis client cannot start: {}", redis_kind(&e))))?;
+            Backend::Direct(conn)
+        };
+        Ok(Self { backend, timeout, min_replicas: 0 })
+    }
+
+    fn sentinel(url: &str, timeout: std::time::Duration) -> Result<SentinelBackend, Error> {
+        let parsed = SentinelUrl::parse(url)?;
+        let mut node = redis::RedisConnectionInfo::default();
+        if let Some(pw) = &parsed.password {
+            node = node.set_password(pw);
+        }
+        let info = redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+        let urls: Vec<String> = parsed
+            .sentinels
+            .iter()
+            .map(|(h, p)| if h.contains(':') { format!("redis://[{h}]:{p}/") } else { format!("redis://{h}:{p}/") })
+            .collect();
+        let client = redis::sentinel::SentinelClient::build(
+            urls,
+            parsed.master,
+            Some(info),
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(|e| Error::config_invalid(format!("the Sentinel client cannot start: {}", redis_kind(&e))))?;
+        let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| Error::config_invalid(format!("the Redis client cannot start: {}", redis_kind(&e))))?;
-        Ok(Self { conn, timeout })
+            .set_response_timeout(Some(timeout + Self::REPLICA_WAIT));
+        Ok(SentinelBackend { sentinels: tokio::sync::Mutex::new(client), primary: Mutex::new(None), config })
+    }
+
+    /// Waits (`WAIT n`) until each claim is on `n` replicas before the join goes on; fewer
+    /// within [`RedisReplayGuard::REPLICA_WAIT`] fail the join closed. Default 0: a failover
+    /// can then forget the claims made in its last moments.
+    pub fn min_replicas(mut self, n: u32) -> Self {
+        self.min_replicas = n;
+        self
     }
 
     /// Whether Redis answers a `PING` now (for readiness checks).
     pub async fn ping(&self) -> Result<(), Error> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PING");
-        let pong = cmd.query_async::<String>(&mut conn);
+        let pong = async {
+            let mut conn = self.connection().await?;
+            let result = redis::cmd("PING").query_async::<String>(&mut conn).await;
+            if result.as_ref().is_err_and(reconnect_after) {
+                self.forget();
+            }
+            result
+        };
         match tokio::time::timeout(self.timeout, pong).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(store_unavailable(format!("Redis did not answer PING: {}", redis_kind(&e)))),
             Err(_) => Err(store_unavailable("Redis did not answer PING in time")),
         }
     }
+
+    /// A connection to the primary: the manager's, or the one to the primary the Sentinels
+    /// last named (asked for again once that one failed).
+    async fn connection(&self) -> Result<Conn, redis::RedisError> {
+        match &self.backend {
+            Backend::Direct(conn) => Ok(Conn::Direct(conn.clone())),
+            Backend::Sentinel(s) => {
+                if let Some(conn) = s.primary.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                    return Ok(Conn::Sentinel(conn));
+                }
+                let client = s.sentinels.lock().await.async_get_client().await?;
+                let conn = client.get_multiplexed_async_connection_with_config(&s.config).await?;
+                *s.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+                Ok(Conn::Sentinel(conn))
+            }
+        }
+    }
+
+    /// After a failure that a new connection may fix: the next claim asks the Sentinels again.
+    fn forget(&self) {
+        if let Backend::Sentinel(s) = &self.backend {
+            *s.primary.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+}
+
+/// A connection of either backend.
+#[cfg(feature = "redis")]
+#[derive(Clone)]
+enum Conn {
+    Direct(redis::aio::ConnectionManager),
+    Sentinel(redis::aio::MultiplexedConnection),
+}
+
+#[cfg(feature = "redis")]
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Direct(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Direct(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Direct(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
+        }
+    }
+}
+
+/// A failure a new connection (to a new primary) may fix: the connection died, or the node is
+/// a replica now (`READONLY`, after a failover).
+#[cfg(feature = "redis")]
+fn reconnect_after(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
 /// A Redis error's kind (`IoError`, `ResponseError`, ...): never its text, which may hold the URL.
@@ -150,48 +358,92 @@ fn redis_kind(e: &redis::RedisError) -> String {
     format!("{:?}", e.kind())
 }
 
+/// Why a claim failed.
+#[cfg(feature = "redis")]
+enum ClaimFailure {
+    Redis(redis::RedisError),
+    /// `WAIT` saw fewer replicas than asked for: (acknowledged, asked).
+    Replicas(i64, u32),
+}
+
+#[cfg(feature = "redis")]
+impl From<redis::RedisError> for ClaimFailure {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Redis(e)
+    }
+}
+
 #[cfg(feature = "redis")]
 impl RedisReplayGuard {
     /// One claim, with the value only this claim holds. A retry after a reply that never came
     /// back finds that value under the key: the first attempt did claim it, so this is the same
-    /// claim, not a replay.
-    async fn claim_once(&self, key: &str, value: &str, ttl_ms: u64, retry: bool) -> Result<bool, redis::RedisError> {
-        let mut conn = self.conn.clone();
+    /// claim, not a replay. A claim made waits for `min_replicas`.
+    async fn claim_once(&self, conn: &mut Conn, key: &str, value: &str, ttl_ms: u64, retry: bool) -> Result<bool, ClaimFailure> {
         let mut set = redis::cmd("SET");
         set.arg(key).arg(value).arg("NX").arg("PX").arg(ttl_ms);
-        if set.query_async::<Option<String>>(&mut conn).await?.is_some() {
-            return Ok(true);
+        let claimed = if set.query_async::<Option<String>>(conn).await?.is_some() {
+            true
+        } else if retry {
+            let held: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
+            held.as_deref() == Some(value)
+        } else {
+            false
+        };
+        if claimed && self.min_replicas > 0 {
+            let wait_ms = Self::REPLICA_WAIT.as_millis() as u64;
+            let acked: i64 = redis::cmd("WAIT").arg(self.min_replicas).arg(wait_ms).query_async(conn).await?;
+            if acked < i64::from(self.min_replicas) {
+                return Err(ClaimFailure::Replicas(acked, self.min_replicas));
+            }
         }
-        if !retry {
-            return Ok(false);
-        }
-        let held: Option<String> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
-        Ok(held.as_deref() == Some(value))
+        Ok(claimed)
     }
 
     /// The claim, retried once on a fresh connection when the first attempt failed on the
-    /// connection (a replica idle while Redis restarted finds its connection dead only on use).
-    /// Each attempt waits at most [`RedisReplayGuard::DEFAULT_TIMEOUT`].
+    /// connection (a replica idle while Redis restarted finds its connection dead only on use;
+    /// after a failover the old primary is gone or read-only). Each attempt waits at most
+    /// [`RedisReplayGuard::DEFAULT_TIMEOUT`] (plus [`RedisReplayGuard::REPLICA_WAIT`]).
     async fn claim_idempotent(&self, key: &str, ttl_ms: u64) -> Result<bool, Error> {
         let value = claim_value()?;
+        let budget = self.timeout + if self.min_replicas > 0 { Self::REPLICA_WAIT } else { std::time::Duration::ZERO };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = tokio::time::timeout(self.timeout, self.claim_once(key, &value, ttl_ms, attempt > 1)).await;
+            let once = async {
+                let mut conn = self.connection().await?;
+                let result = self.claim_once(&mut conn, key, &value, ttl_ms, attempt > 1).await;
+                if let Err(ClaimFailure::Redis(e)) = &result
+                    && reconnect_after(e)
+                {
+                    self.forget();
+                }
+                result
+            };
+            let result = tokio::time::timeout(budget, once).await;
             let retryable = match &result {
                 Ok(Ok(claimed)) => return Ok(*claimed),
-                // Server errors (OOM, a wrong password, read-only) fail closed at once.
-                Ok(Err(e)) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+                Ok(Err(ClaimFailure::Redis(e))) => reconnect_after(e),
+                // Too few replicas: the claim stands on the primary; the join fails closed.
+                Ok(Err(ClaimFailure::Replicas(..))) => false,
                 Err(_) => true,
             };
             if attempt == 1 && retryable {
+                if result.is_err() {
+                    self.forget();
+                }
                 continue;
             }
             return Err(match result {
-                Ok(Err(e)) => store_unavailable(format!("the replay store (Redis) failed: {}", redis_kind(&e))),
+                Ok(Err(ClaimFailure::Redis(e))) => {
+                    store_unavailable(format!("the replay store (Redis) failed: {}", redis_kind(&e)))
+                }
+                Ok(Err(ClaimFailure::Replicas(acked, asked))) => store_unavailable(format!(
+                    "the claim reached {acked} of the {asked} Redis replicas required within {} ms",
+                    Self::REPLICA_WAIT.as_millis()
+                )),
                 _ => store_unavailable(format!(
                     "the replay store (Redis) did not answer within {} ms",
-                    self.timeout.as_millis()
+                    budget.as_millis()
                 )),
             });
         }
@@ -237,5 +489,34 @@ mod tests {
         // Expired claims make room.
         assert!(g.claim_now("c", at(200), at(120)).unwrap());
         assert_eq!(g.len(), 1);
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn sentinel_urls() {
+        let u = SentinelUrl::parse("redis+sentinel://:s3cret@10.0.0.1:26379,[::1]:26380,sentinel-2:1/joins").unwrap();
+        assert_eq!(
+            u,
+            SentinelUrl {
+                sentinels: vec![("10.0.0.1".into(), 26379), ("::1".into(), 26380), ("sentinel-2".into(), 1)],
+                master: "joins".into(),
+                password: Some("s3cret".into()),
+            }
+        );
+        assert_eq!(SentinelUrl::parse("redis+sentinel://h:1/m").unwrap().password, None);
+        for bad in [
+            "redis://h:1/m",
+            "redis+sentinel://h:1",
+            "redis+sentinel://h:1/",
+            "redis+sentinel://h/m",
+            "redis+sentinel://h:x/m",
+            "redis+sentinel://:1/m",
+            "redis+sentinel://h:1/m/x",
+            "redis+sentinel://:pw@h:1,/m",
+        ] {
+            let e = SentinelUrl::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "{bad}");
+            assert!(!e.detail().contains("pw"), "the password is never shown: {e}");
+        }
     }
 }

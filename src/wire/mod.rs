@@ -336,6 +336,12 @@ impl Refusal {
         Self::of("", ErrorKind::StsUnavailable, message.to_owned(), true, None)
     }
 
+    /// `rate_limited`, retryable: the client's address is over the service's rate limit; the
+    /// service answers 429 with `Retry-After`, and nothing was sent to STS.
+    pub fn rate_limited() -> Self {
+        Self::of("", ErrorKind::RateLimited, ErrorKind::RateLimited.client_text().to_owned(), true, None)
+    }
+
     fn of(token: &str, kind: ErrorKind, message: String, retryable: bool, identity: Option<&CallerIdentity>) -> Self {
         Self {
             allowed: false,
@@ -350,11 +356,13 @@ impl Refusal {
         ErrorKind::from_name(&self.error.kind)
     }
 
-    /// The HTTP status the service answers it with: 503 for what a retry may fix, 400 for
+    /// The HTTP status the service answers it with: 429 for `rate_limited`, 503 for what a
+    /// retry may fix, 400 for
     /// input that is not a join, 500 for the service's own configuration, 403 for every other
     /// refusal.
     pub fn status(&self) -> u16 {
         match self.kind() {
+            Some(ErrorKind::RateLimited) => 429,
             _ if self.error.retryable => 503,
             Some(ErrorKind::MalformedRequest) => 400,
             Some(ErrorKind::ConfigInvalid) => 500,
@@ -438,6 +446,8 @@ mod tests {
         assert_eq!(status(Error::new(ErrorKind::MalformedRequest, "x")), 400);
         assert_eq!(status(Error::new(ErrorKind::NotAllowed, "x")), 403);
         assert_eq!(Refusal::busy("at the connection limit").status(), 503);
+        let limited = Refusal::rate_limited();
+        assert_eq!((limited.status(), limited.error.retryable, limited.kind()), (429, true, Some(ErrorKind::RateLimited)));
     }
 
     #[test]

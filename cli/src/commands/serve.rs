@@ -5,6 +5,7 @@
 mod api;
 mod connections;
 mod metrics;
+mod ratelimit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +17,9 @@ use clap::Args;
 use iam_join::agent::Credentials;
 use iam_join::challenge::{ChallengeKey, ChallengeKeys};
 use iam_join::organizations::OrganizationsClient;
-use iam_join::{AwsTransport, MemoryReplayGuard, RedisReplayGuard, ReplayGuard, TokenSet, Verifier};
+use iam_join::{
+    AwsTransport, LimitedTransport, MemoryReplayGuard, RedisReplayGuard, ReplayGuard, StsLimits, TokenSet, Verifier,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use zeroize::Zeroizing;
 
@@ -33,10 +36,31 @@ pub(crate) struct ServeArgs {
     /// The token YAML file; reloaded on SIGHUP and when it changes.
     #[arg(long, env = "IAM_JOIN_TOKENS")]
     tokens: PathBuf,
-    /// Redis URL for single use across replicas (redis://HOST:PORT/). Without it, single use is
-    /// in this process's memory: run one replica only.
+    /// Redis for single use across replicas: redis://[:PASSWORD@]HOST:PORT[/DB], or through
+    /// Sentinel, redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME, which follows
+    /// the primary across failovers. Without it, single use is in this process's memory: run
+    /// one replica only.
     #[arg(long, env = "IAM_JOIN_REDIS", hide_env_values = true)]
     redis: Option<String>,
+    /// After each claim, wait (Redis WAIT) until it is on this many replicas before the join
+    /// goes to STS; fewer in time and the join fails closed (replay_store_unavailable). 0: a
+    /// failover can forget the claims of its last moments; 1 or more: an acknowledged claim
+    /// survives the loss of the primary.
+    #[arg(long, env = "IAM_JOIN_REDIS_MIN_REPLICAS", default_value_t = 0, requires = "redis")]
+    redis_min_replicas: u32,
+    /// The rate limit per client address on /v1/challenge and /v1/join, PER_SECOND[:BURST]
+    /// (the burst defaults to twice the rate); 0 turns it off. Over it: 429 with Retry-After.
+    #[arg(long, env = "IAM_JOIN_RATE_LIMIT", default_value = ratelimit::DEFAULT_RATE_LIMIT)]
+    rate_limit: ratelimit::RateLimit,
+    /// A proxy (address or CIDR) whose X-Forwarded-For is believed: for a request from it, the
+    /// client is the right-most address there that is not a trusted proxy. Repeatable. From
+    /// anyone else the header is ignored.
+    #[arg(long = "trusted-proxy", env = "IAM_JOIN_TRUSTED_PROXIES", value_delimiter = ',', value_parser = ratelimit::parse_trusted_proxy)]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// The most STS exchanges in flight at once in this replica. A join that finds no free
+    /// slot within 250 ms is refused retryably (503, sts_unavailable, "busy").
+    #[arg(long, env = "IAM_JOIN_MAX_STS_INFLIGHT", default_value_t = iam_join::DEFAULT_MAX_STS_INFLIGHT)]
+    max_sts_inflight: usize,
     /// Key file for challenges: one `ID:BASE64` key per line (at least 32 bytes), the first the
     /// active one (`iam-join challenge-key`). Every replica needs the same file. Without it (and
     /// without IAM_JOIN_CHALLENGE_KEYS, the file's contents), a random key is made at start:
@@ -164,10 +188,24 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
     let policy = a.endpoints.policy()?;
     let sts: Arc<dyn AwsTransport> = Arc::new(a.endpoints.sts_transport(timeout)?);
     let metered = MeteredTransport { inner: sts, metrics: Arc::clone(&metrics) };
+    // Caps STS exchanges in flight and backs off while STS throttles (outside the metered
+    // transport, so that a refused join is not counted as an STS attempt).
+    if a.max_sts_inflight == 0 {
+        return Err(Usage("--max-sts-inflight must be at least 1".to_owned()));
+    }
+    let limited = Arc::new(LimitedTransport::new(metered, StsLimits::default().max_inflight(a.max_sts_inflight)));
+    let clients = Arc::new(ratelimit::ClientLimits::new(a.rate_limit, a.trusted_proxies.clone()));
+    if !clients.enabled() {
+        tracing::warn!("--rate-limit 0: no rate limit per client; every join may cost an STS call");
+    }
+    metrics.watch_limits(Arc::clone(&limited), Arc::clone(&clients));
     // The verifier checks each join's challenge against the ring the service issues with.
     let uses_organizations = tokens.iter().any(|t| t.needs_organizations());
-    let mut builder =
-        Verifier::builder(tokens).policy(policy).transport(metered).deadline(timeout).challenge_keys(keys.clone());
+    let mut builder = Verifier::builder(tokens)
+        .policy(policy)
+        .shared_transport(limited)
+        .deadline(timeout)
+        .challenge_keys(keys.clone());
     if let Some(web) = a.endpoints.web_identity()? {
         builder = builder.web_identity(web);
     }
@@ -185,7 +223,9 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
     }
     let (guard, redis): (Arc<dyn ReplayGuard>, _) = match &a.redis {
         Some(url) => {
-            let redis = RedisReplayGuard::new(url).map_err(|e| Usage(format!("--redis: {}", e.detail())))?;
+            let redis = RedisReplayGuard::new(url)
+                .map(|g| g.min_replicas(a.redis_min_replicas))
+                .map_err(|e| Usage(format!("--redis: {}", e.detail())))?;
             tracing::info!("single use: in Redis, shared by every replica that uses it");
             // Said at once, not at the first join; joins fail closed until it answers.
             if let Err(e) = redis.ping().await {
@@ -210,6 +250,14 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
         metrics: Arc::clone(&metrics),
         body_timeout: header_timeout,
         issuer: credentials,
+        limits: Arc::clone(&clients),
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ratelimit::PRUNE_INTERVAL);
+        loop {
+            tick.tick().await;
+            clients.prune();
+        }
     });
     // An answer never waits longer than reading the body and a verification may take, plus
     // writing it.
@@ -243,7 +291,8 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Usage> {
         }
     };
     tokio::spawn(listening);
-    let service = router.into_make_service();
+    // Each request knows its connection's peer, for the rate limit.
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let served = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)

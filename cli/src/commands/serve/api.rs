@@ -1,13 +1,14 @@
 //! The HTTP API, one handler per route. Handlers parse, call the library, and answer; every
 //! decision is the library's.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +21,7 @@ use iam_join::{Challenge, ErrorKind, RedisReplayGuard, Verifier};
 use serde::Deserialize;
 
 use super::metrics::Metrics;
+use super::ratelimit::{ClientLimits, retry_after_seconds};
 
 /// The largest API body read: a signed request is at most 16 KiB of head plus a tiny body, 4/3
 /// larger as base64, plus the token name and the challenge.
@@ -38,14 +40,20 @@ pub(crate) struct App {
     pub(crate) body_timeout: Duration,
     /// Issues credentials for allowed joins, when configured.
     pub(crate) issuer: Option<Arc<CredentialIssuer>>,
+    /// The rate limit per client on the challenge and join endpoints.
+    pub(crate) limits: Arc<ClientLimits>,
 }
 
 /// The routes, with every answer bounded by `answer_timeout` (408 past it) and every error
 /// status answered in the refusal shape.
 pub(crate) fn router(app: Arc<App>, answer_timeout: Duration) -> Router {
-    Router::new()
+    // The rate limit applies before the body is read, so a limited client costs almost nothing.
+    let limited = Router::new()
         .route("/v1/challenge", post(challenge))
         .route("/v1/join", post(join))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&app), rate_limit));
+    Router::new()
+        .merge(limited)
         .route("/metrics", get(metrics))
         .route("/v1/ca", get(ca))
         .route("/.well-known/jwks.json", get(jwks))
@@ -65,6 +73,30 @@ pub(crate) fn router(app: Arc<App>, answer_timeout: Duration) -> Router {
         .with_state(app)
 }
 
+/// Over its client's limit: 429, `Retry-After`, a `rate_limited` refusal; nothing is read or
+/// sent to STS. The client is the peer, or what a trusted proxy says it is.
+async fn rate_limit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if !app.limits.enabled() {
+        return next.run(request).await;
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip());
+    let client = app.limits.client(peer, request.headers());
+    match app.limits.check(client) {
+        Ok(()) => next.run(request).await,
+        Err(wait) => {
+            let endpoint = if request.uri().path() == "/v1/join" { "join" } else { "challenge" };
+            app.metrics.rate_limited(endpoint);
+            tracing::debug!(%client, endpoint, "rate limited");
+            let mut answer = (StatusCode::TOO_MANY_REQUESTS, axum::Json(Refusal::rate_limited())).into_response();
+            answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds(wait)));
+            answer
+        }
+    }
+}
+
 /// An error answer in the refusal shape (the library's `wire::Refusal`), kind
 /// `malformed_request`: input that is not a join (bad JSON, too large, too slow, no such route
 /// or method).
@@ -81,6 +113,18 @@ fn bad_input(token: &str, message: &str) -> Response {
 fn answer(answer: Answer) -> Response {
     let status = StatusCode::from_u16(answer.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(answer)).into_response()
+}
+
+/// A join's outcome; a refusal by a local limit (no STS slot, the throttling backoff) also
+/// says when to come back (`Retry-After`).
+fn join_answer(token: &str, result: &Result<iam_join::Verdict, iam_join::Error>) -> Response {
+    let mut response = answer(Answer::of(token, result));
+    if let Err(e) = result
+        && let Some(wait) = e.retry_after()
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds(wait)));
+    }
+    response
 }
 
 /// The body, read whole within the limits: a declared `Content-Length` over the limit is 413 at
@@ -198,7 +242,7 @@ async fn join(State(app): State<Arc<App>>, request: Request) -> Response {
                 answer(Answer::Refused(Refusal::new(&req.token, &e)))
             }
         },
-        _ => answer(Answer::of(&req.token, &result)),
+        _ => join_answer(&req.token, &result),
     }
 }
 

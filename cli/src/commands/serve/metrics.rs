@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use iam_join::organizations::OrganizationsClient;
-use iam_join::{AwsCall, AwsService, AwsTransport, BoxFuture, Error, HttpAnswer, ReplayGuard};
+use iam_join::{AwsCall, AwsService, AwsTransport, BoxFuture, Error, HttpAnswer, LimitedTransport, ReplayGuard};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,6 +23,12 @@ pub(crate) struct Outcome {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Result_ {
     result: &'static str,
+}
+
+/// The `endpoint` label of rate-limited requests: `challenge` or `join`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Endpoint {
+    endpoint: &'static str,
 }
 
 /// The `type` label of issued credentials: `certificate` or `jwt`.
@@ -49,8 +55,17 @@ pub(crate) struct Metrics {
     connections: Gauge,
     connections_reclaimed: Counter,
     connections_refused: Counter,
+    rate_limited: Family<Endpoint, Counter>,
+    rate_limit_clients: Gauge,
+    sts_slots_in_use: Gauge,
+    sts_slots: Gauge,
+    sts_throttling_answers: Counter,
+    refused_busy: Counter,
+    refused_backoff: Counter,
     /// The Organizations client whose cache counts are read at each scrape.
     organizations: Mutex<Option<Arc<OrganizationsClient>>>,
+    /// The STS limits and the rate limiter whose state is read at each scrape.
+    limits: Mutex<Option<(Arc<LimitedTransport>, Arc<super::ratelimit::ClientLimits>)>>,
 }
 
 impl Metrics {
@@ -73,7 +88,15 @@ impl Metrics {
             connections: Gauge::default(),
             connections_reclaimed: Counter::default(),
             connections_refused: Counter::default(),
+            rate_limited: Family::default(),
+            rate_limit_clients: Gauge::default(),
+            sts_slots_in_use: Gauge::default(),
+            sts_slots: Gauge::default(),
+            sts_throttling_answers: Counter::default(),
+            refused_busy: Counter::default(),
+            refused_backoff: Counter::default(),
             organizations: Mutex::new(None),
+            limits: Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register("joins", "Join verifications by outcome: allowed, or the refusal kind", m.joins.clone());
@@ -126,6 +149,36 @@ impl Metrics {
             "Connections refused at the connection limit (every open one had a request in the handler)",
             m.connections_refused.clone(),
         );
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 at the per-client rate limit, by endpoint: challenge or join",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "rate_limit_clients",
+            "Clients whose rate-limit state is held (bounded)",
+            m.rate_limit_clients.clone(),
+        );
+        registry.register("sts_slots_in_use", "STS exchanges in flight now", m.sts_slots_in_use.clone());
+        registry.register("sts_slots", "The cap on STS exchanges in flight (--max-sts-inflight)", m.sts_slots.clone());
+        registry.register(
+            "sts_throttling_answers",
+            "STS answers that said it is throttling (each starts or lengthens a backoff)",
+            m.sts_throttling_answers.clone(),
+        );
+        registry.register(
+            "joins_refused_busy",
+            "Joins refused (503 sts_unavailable) because no STS slot was free within the wait",
+            m.refused_busy.clone(),
+        );
+        registry.register(
+            "joins_refused_backoff",
+            "Joins refused (503 sts_unavailable) without an STS call during a throttling backoff",
+            m.refused_backoff.clone(),
+        );
+        for endpoint in ["challenge", "join"] {
+            m.rate_limited.get_or_create(&Endpoint { endpoint }).inc_by(0);
+        }
         // Every series with a fixed label set is shown from the start, at 0, so that alerts on
         // a rate (failed reloads, conflicts) have a series before the first event.
         for (family, labels) in [
@@ -142,6 +195,14 @@ impl Metrics {
 
     pub(crate) fn watch_organizations(&self, client: Arc<OrganizationsClient>) {
         *self.organizations.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+    }
+
+    pub(crate) fn watch_limits(&self, sts: Arc<LimitedTransport>, clients: Arc<super::ratelimit::ClientLimits>) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = Some((sts, clients));
+    }
+
+    pub(crate) fn rate_limited(&self, endpoint: &'static str) {
+        self.rate_limited.get_or_create(&Endpoint { endpoint }).inc();
     }
 
     pub(crate) fn join(&self, outcome: &'static str, started: Instant) {
@@ -190,6 +251,15 @@ impl Metrics {
             let stats = org.cache_stats();
             self.org_cache_hits.inc_by(stats.hits.saturating_sub(self.org_cache_hits.get()));
             self.org_cache_misses.inc_by(stats.misses.saturating_sub(self.org_cache_misses.get()));
+        }
+        if let Some((sts, clients)) = self.limits.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let s = sts.stats();
+            self.sts_slots_in_use.set(s.in_flight as i64);
+            self.sts_slots.set(s.max_inflight as i64);
+            self.sts_throttling_answers.inc_by(s.throttling_answers.saturating_sub(self.sts_throttling_answers.get()));
+            self.refused_busy.inc_by(s.refused_busy.saturating_sub(self.refused_busy.get()));
+            self.refused_backoff.inc_by(s.refused_backoff.saturating_sub(self.refused_backoff.get()));
+            self.rate_limit_clients.set(clients.tracked() as i64);
         }
         let mut out = String::new();
         // Writing into a String cannot fail.
