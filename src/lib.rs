@@ -222,8 +222,8 @@ pub use crate::io::jwks::{
 };
 #[cfg(feature = "io")]
 pub use crate::io::limits::{
-    DEFAULT_MAX_STS_INFLIGHT, DEFAULT_MAX_THROTTLE_BACKOFF, DEFAULT_STS_SLOT_WAIT, DEFAULT_THROTTLE_BACKOFF, LimitStats,
-    LimitedTransport, StsLimits,
+    DEFAULT_MAX_STS_INFLIGHT, DEFAULT_MAX_THROTTLE_BACKOFF, DEFAULT_STS_SLOT_WAIT, DEFAULT_THROTTLE_BACKOFF,
+    LimitStats, LimitedTransport, StsLimits,
 };
 #[cfg(feature = "redis")]
 pub use crate::io::replay::RedisReplayGuard;

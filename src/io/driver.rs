@@ -311,7 +311,10 @@ async fn round_trips(
         };
         let backoff = backoff(attempt);
         // A local limit's refusal (no slot, a throttling backoff) is the caller's to retry.
-        if !err.is_retryable() || err.retry_after().is_some() || attempt > retries || start.elapsed() + backoff >= budget
+        if !err.is_retryable()
+            || err.retry_after().is_some()
+            || attempt > retries
+            || start.elapsed() + backoff >= budget
         {
             return Err(err);
         }

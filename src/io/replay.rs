@@ -378,7 +378,14 @@ impl RedisReplayGuard {
     /// One claim, with the value only this claim holds. A retry after a reply that never came
     /// back finds that value under the key: the first attempt did claim it, so this is the same
     /// claim, not a replay. A claim made waits for `min_replicas`.
-    async fn claim_once(&self, conn: &mut Conn, key: &str, value: &str, ttl_ms: u64, retry: bool) -> Result<bool, ClaimFailure> {
+    async fn claim_once(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        value: &str,
+        ttl_ms: u64,
+        retry: bool,
+    ) -> Result<bool, ClaimFailure> {
         let mut set = redis::cmd("SET");
         set.arg(key).arg(value).arg("NX").arg("PX").arg(ttl_ms);
         let claimed = if set.query_async::<Option<String>>(conn).await?.is_some() {

@@ -447,7 +447,10 @@ mod tests {
         assert_eq!(status(Error::new(ErrorKind::NotAllowed, "x")), 403);
         assert_eq!(Refusal::busy("at the connection limit").status(), 503);
         let limited = Refusal::rate_limited();
-        assert_eq!((limited.status(), limited.error.retryable, limited.kind()), (429, true, Some(ErrorKind::RateLimited)));
+        assert_eq!(
+            (limited.status(), limited.error.retryable, limited.kind()),
+            (429, true, Some(ErrorKind::RateLimited))
+        );
     }
 
     #[test]

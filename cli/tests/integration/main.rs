@@ -12,3 +12,4 @@ mod cli;
 mod join_client;
 mod serve;
 mod serve_hostile;
+mod serve_limits;
