@@ -11,6 +11,7 @@ mod common;
 #[path = "../support/service.rs"]
 mod service;
 
+mod failover;
 mod guard;
 mod readme;
 mod replicas;
@@ -84,6 +85,16 @@ fn main() -> ExitCode {
             "redis-server",
             "replicas::one_issued_challenge_is_one_join_across_replicas_whatever_its_spelling",
             Box::new(run(replicas::one_issued_challenge_is_one_join_across_replicas_whatever_its_spelling)),
+        ),
+        trial(
+            "redis-server",
+            "failover::a_request_allowed_before_a_sentinel_failover_is_refused_after_it_at_every_replica",
+            Box::new(run(failover::a_request_allowed_before_a_sentinel_failover_is_refused_after_it_at_every_replica)),
+        ),
+        trial(
+            "redis-server",
+            "failover::without_min_replicas_a_failover_forgets_unreplicated_claims",
+            Box::new(run(failover::without_min_replicas_a_failover_forgets_unreplicated_claims)),
         ),
         trial(
             "bash",
