@@ -360,65 +360,77 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// Load: IAM_JOIN_LOAD_JOINS joins (default 10,000; one in ten from a stranger, refused) at 64
-/// concurrent across three replicas sharing Redis and the emulator, each challenge redeemed at
-/// another replica than the one that issued it; then the same joins through an in-process
-/// `Verifier` with the same Redis, emulator and checks, for the ratio. Every outcome is checked.
-/// Run: `cargo test --release --all-features --test system load -- --ignored --nocapture`.
-pub(crate) async fn load_across_three_replicas() {
-    let joins: usize = std::env::var("IAM_JOIN_LOAD_JOINS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    const CONCURRENCY: usize = 64;
-    let http = client().timeout(Duration::from_secs(30)).pool_max_idle_per_host(CONCURRENCY).build().unwrap();
-    let dir = scratch("load");
-    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
-    std::fs::write(&tokens, TOKENS).unwrap();
-    write_key_file(&keys);
-    let redis = Redis::start(None);
-    let sts = StsEmulator::start(principals()).await.unwrap();
-    let args = flags(&[
-        ("--tokens", &tokens.display().to_string()),
-        ("--challenge-key", &keys.display().to_string()),
-        ("--redis", &redis.url()),
-        ("--sts-endpoint", &sts.url()),
-    ]);
-    let replicas = Arc::new([
-        Replica::start(&http, "a", &dir, &args).await,
-        Replica::start(&http, "b", &dir, &args).await,
-        Replica::start(&http, "c", &dir, &args).await,
-    ]);
-    let urls: Arc<Vec<String>> = Arc::new(replicas.iter().map(|r| r.url("")).collect());
-    let is_stranger = |i: usize| i % 10 == 9;
+/// The address the load balancer in front of the replicas says join `i` of `round` came from:
+/// each agent its own, as in a fleet.
+fn agent_address(round: u8, i: usize) -> String {
+    format!("10.{round}.{}.{}", (i >> 8) & 0xff, i & 0xff)
+}
 
-    // Untimed: a challenge from replica i % 3 for each join, signed by the agent.
+/// POST as the load balancer forwards it: from 127.0.0.1 (the trusted proxy), `X-Forwarded-For`
+/// naming the client.
+async fn post_forwarded(http: &reqwest::Client, url: &str, body: &Value, client: &str) -> (u16, Value) {
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", client)
+        .body(serde_json::to_vec(body).unwrap())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)})))
+}
+
+/// `joins` join bodies, each with a challenge from replica `i % 3` (untimed), asked for by the
+/// agent's own address; one in ten signed by a stranger, or, with `forged`, every one signed
+/// with a wrong secret.
+async fn join_bodies(
+    http: &reqwest::Client,
+    urls: &Arc<Vec<String>>,
+    round: u8,
+    joins: usize,
+    forged: bool,
+) -> Arc<std::sync::Mutex<Vec<Value>>> {
     let bodies = Arc::new(std::sync::Mutex::new(vec![Value::Null; joins]));
-    let t = Instant::now();
-    {
-        let (http, urls, bodies) = (http.clone(), urls.clone(), bodies.clone());
-        drive(joins, CONCURRENCY, move |i| {
-            let (http, urls, bodies) = (http.clone(), urls.clone(), bodies.clone());
-            async move {
-                let (_, c) =
-                    post(&http, &format!("{}/v1/challenge", urls[i % 3]), &json!({"token": "iam-token"})).await;
-                let c = c["challenge"].as_str().unwrap().to_owned();
-                let creds = if is_stranger(i) { stranger() } else { user() };
-                bodies.lock().unwrap()[i] = join_body("iam-token", &c, &signed(&creds, &c, SystemTime::now()));
-            }
-        })
-        .await;
-    }
-    let challenges_per_s = joins as f64 / t.elapsed().as_secs_f64();
+    let (http, urls, out) = (http.clone(), urls.clone(), bodies.clone());
+    drive(joins, 64, move |i| {
+        let (http, urls, out) = (http.clone(), urls.clone(), out.clone());
+        async move {
+            let url = format!("{}/v1/challenge", urls[i % 3]);
+            let (status, c) =
+                post_forwarded(&http, &url, &json!({"token": "iam-token"}), &agent_address(round, i)).await;
+            let c = c["challenge"].as_str().unwrap_or_else(|| panic!("{status} {c}")).to_owned();
+            let creds = if forged {
+                Credentials::new(crate::common::fixtures::USER_KEY, "not-the-secret", None)
+            } else if i % 10 == 9 {
+                stranger()
+            } else {
+                user()
+            };
+            out.lock().unwrap()[i] = join_body("iam-token", &c, &signed(&creds, &c, SystemTime::now()));
+        }
+    })
+    .await;
+    bodies
+}
 
-    // Timed: each join at the next replica.
+/// One timed round: each join at the next replica after the one that issued its challenge, 64
+/// at once, each agent from its own address; every outcome checked. Returns (joins/s, sorted
+/// latencies).
+async fn legit_round(http: &reqwest::Client, urls: &Arc<Vec<String>>, round: u8, joins: usize) -> (f64, Vec<Duration>) {
+    let bodies = join_bodies(http, urls, round, joins, false).await;
     let wrong = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t = Instant::now();
     let latencies = {
-        let (http, urls, bodies, wrong) = (http.clone(), urls.clone(), bodies.clone(), wrong.clone());
-        drive(joins, CONCURRENCY, move |i| {
+        let (http, urls, wrong) = (http.clone(), urls.clone(), wrong.clone());
+        drive(joins, 64, move |i| {
             let (http, urls, wrong) = (http.clone(), urls.clone(), wrong.clone());
             let body = std::mem::take(&mut bodies.lock().unwrap()[i]);
             async move {
-                let (status, answer) = post(&http, &format!("{}/v1/join", urls[(i + 1) % 3]), &body).await;
-                let right = if is_stranger(i) {
+                let url = format!("{}/v1/join", urls[(i + 1) % 3]);
+                let (status, answer) = post_forwarded(&http, &url, &body, &agent_address(round, i)).await;
+                let right = if i % 10 == 9 {
                     status == 403 && answer["error"]["kind"] == "not_allowed"
                 } else {
                     status == 200 && answer["identity"]["arn"] == USER_ARN
@@ -431,11 +443,105 @@ pub(crate) async fn load_across_three_replicas() {
         })
         .await
     };
-    let served = t.elapsed();
-    let service_rate = joins as f64 / served.as_secs_f64();
+    let rate = joins as f64 / t.elapsed().as_secs_f64();
+    assert_eq!(wrong.load(Ordering::SeqCst), 0, "wrong outcomes through the service");
+    (rate, latencies)
+}
+
+/// The service's default rate limit, which the load test runs with: 20 a second per address,
+/// bursts of 40.
+const LOAD_RATE_LIMIT: (u32, u32) = (20, 40);
+
+/// Load: IAM_JOIN_LOAD_JOINS joins (default 10,000; one in ten from a stranger, refused) at 64
+/// concurrent across three replicas sharing Redis and the emulator, behind a load balancer
+/// (127.0.0.1, `--trusted-proxy`) that names each agent's own address in `X-Forwarded-For`; each
+/// challenge redeemed at another replica than the one that issued it. Then the same again while
+/// one address (203.0.113.66) floods every replica with garbage-signed joins, each for a valid
+/// challenge, so each one let through costs an STS round trip. Then the same joins through an
+/// in-process `Verifier` with the same Redis, emulator and checks, for the ratio. Every outcome
+/// is checked.
+/// Run: `cargo test --release --all-features --test system load -- --ignored --nocapture`.
+pub(crate) async fn load_across_three_replicas() {
+    let joins: usize = std::env::var("IAM_JOIN_LOAD_JOINS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    const CONCURRENCY: usize = 64;
+    const FLOODERS: usize = 16;
+    const FLOODER: &str = "203.0.113.66";
+    let http =
+        client().timeout(Duration::from_secs(30)).pool_max_idle_per_host(CONCURRENCY + FLOODERS).build().unwrap();
+    let dir = scratch("load");
+    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
+    std::fs::write(&tokens, TOKENS).unwrap();
+    write_key_file(&keys);
+    let redis = Redis::start(None);
+    let sts = StsEmulator::start(principals()).await.unwrap();
+    let args = flags(&[
+        ("--tokens", &tokens.display().to_string()),
+        ("--challenge-key", &keys.display().to_string()),
+        ("--redis", &redis.url()),
+        ("--sts-endpoint", &sts.url()),
+        ("--trusted-proxy", "127.0.0.1/32"),
+    ]);
+    let replicas = Arc::new([
+        Replica::start(&http, "a", &dir, &args).await,
+        Replica::start(&http, "b", &dir, &args).await,
+        Replica::start(&http, "c", &dir, &args).await,
+    ]);
+    let urls: Arc<Vec<String>> = Arc::new(replicas.iter().map(|r| r.url("")).collect());
+
+    // Untimed: the flood's forged joins, their challenges asked for by many addresses (a
+    // challenge is not bound to one).
+    let t = Instant::now();
+    let forged = join_bodies(&http, &urls, 0, joins, true).await;
+    let challenges_per_s = joins as f64 / t.elapsed().as_secs_f64();
+
+    let sts_before = sts.requests();
+    let (service_rate, latencies) = legit_round(&http, &urls, 1, joins).await;
+    assert_eq!(sts.requests() - sts_before, joins, "each join reached STS exactly once");
     let rss: Vec<u64> = replicas.iter().map(Replica::peak_rss_kib).collect();
 
+    // Flooded: the same round while FLOODER sends forged joins as fast as its 16 connections go.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = || Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (sent, limited) = (counter(), counter());
+    let forged: Arc<Vec<Value>> = Arc::new(std::mem::take(&mut *forged.lock().unwrap()));
+    let sts_before = sts.requests();
+    let flood_started = Instant::now();
+    let flood: Vec<_> = (0..FLOODERS)
+        .map(|f| {
+            let (http, urls, forged, stop) = (http.clone(), urls.clone(), forged.clone(), stop.clone());
+            let (sent, limited) = (sent.clone(), limited.clone());
+            tokio::spawn(async move {
+                let mut i = f;
+                while !stop.load(Ordering::SeqCst) {
+                    let url = format!("{}/v1/join", urls[i % 3]);
+                    let (status, answer) = post_forwarded(&http, &url, &forged[i % forged.len()], FLOODER).await;
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    if status == 429 {
+                        limited.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        // Let through: STS refused the forged signature (or, for a body sent
+                        // before, the replay guard did).
+                        let kind = answer["error"]["kind"].as_str().unwrap_or("");
+                        assert!(["signature_rejected", "challenge_replayed"].contains(&kind), "{status} {answer}");
+                    }
+                    i += FLOODERS;
+                }
+            })
+        })
+        .collect();
+    let (flooded_rate, flooded_latencies) = legit_round(&http, &urls, 2, joins).await;
+    stop.store(true, Ordering::SeqCst);
+    for f in flood {
+        f.await.unwrap();
+    }
+    let flood_secs = flood_started.elapsed().as_secs_f64();
+    let flood_sts = sts.requests() - sts_before - joins;
+    let (sent, limited) = (sent.load(Ordering::SeqCst), limited.load(Ordering::SeqCst));
+    // The bound: per replica, the burst plus the rate for the flood's duration (+1 s of slack).
+    let bound = 3 * (LOAD_RATE_LIMIT.1 as usize + (f64::from(LOAD_RATE_LIMIT.0) * (flood_secs + 1.0)) as usize);
+
     // In process: the same checks (key ring, single use in the same Redis, STS at the emulator).
+    let is_stranger = |i: usize| i % 10 == 9;
     let ring = ChallengeKeys::parse(KEY_LINE).unwrap();
     let transport = iam_join::ReqwestTransport::builder()
         .endpoint_override(iam_join::EndpointOverride::Url(sts.url()))
@@ -485,8 +591,8 @@ pub(crate) async fn load_across_three_replicas() {
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "load: {joins} joins at {CONCURRENCY} concurrent across 3 replicas (Redis single use, emulated STS): \
-         {service_rate:.0} joins/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+        "load: {joins} joins at {CONCURRENCY} concurrent across 3 replicas (Redis single use, emulated STS, \
+         the default rate limit per agent address): {service_rate:.0} joins/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
          peak RSS per replica {} MiB; challenges {challenges_per_s:.0}/s",
         ms(percentile(&latencies, 0.50)),
         ms(percentile(&latencies, 0.99)),
@@ -494,13 +600,26 @@ pub(crate) async fn load_across_three_replicas() {
         rss.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" / "),
     );
     println!(
+        "load: under flood: {flooded_rate:.0} joins/s (flooded / unflooded = {:.2}); latency p50 {:.2} ms, \
+         p99 {:.2} ms; the flood sent {sent} forged joins in {flood_secs:.1} s ({:.0}/s), {limited} got 429, \
+         and caused {flood_sts} STS requests (bound by the rate limit: {bound})",
+        flooded_rate / service_rate,
+        ms(percentile(&flooded_latencies, 0.50)),
+        ms(percentile(&flooded_latencies, 0.99)),
+        sent as f64 / flood_secs,
+    );
+    println!(
         "load: in-process verify, same checks and stores: {in_process_rate:.0} joins/s; \
          service / in-process = {:.2}",
         service_rate / in_process_rate
     );
-    assert_eq!(wrong.load(Ordering::SeqCst), 0, "wrong outcomes through the service");
     assert_eq!(wrong_in_process.load(Ordering::SeqCst), 0, "wrong outcomes in process");
-    assert_eq!(sts.requests(), 2 * joins, "each join reached STS exactly once");
+    assert!(flood_sts <= bound, "the flood caused {flood_sts} STS requests, more than the rate limit allows ({bound})");
+    assert!(limited > 0 && flood_sts < sent, "the flood was not limited: {limited} of {sent}");
+    assert!(
+        flooded_rate >= 0.5 * service_rate,
+        "legitimate joins under flood: {flooded_rate:.0}/s, less than half of {service_rate:.0}/s"
+    );
     drop(replicas);
 }
 
