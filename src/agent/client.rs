@@ -94,6 +94,13 @@ pub struct JoinClient {
     base: String,
 }
 
+/// The last answer's `Retry-After` in one join (a rate limit, a busy service), honoured by its
+/// next retry.
+type RetryHint = std::sync::Mutex<Option<Duration>>;
+
+/// The longest `Retry-After` the client honours; a longer one is cut to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// Why a join through the service ended without an answer.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -177,7 +184,8 @@ impl JoinClient {
     /// Joins with `token`: a challenge, the signed request for `identity` (its region's STS
     /// endpoint, or FIPS with `fips`), the answer. A retryable refusal, or an exchange that
     /// failed, is retried with a new challenge and growing, jittered backoff (250 ms doubling
-    /// to 5 s), each reported to `on_retry`; everything, every exchange included, ends by
+    /// to 5 s, or the service's `Retry-After` when longer, up to 30 s), each reported to
+    /// `on_retry`; everything, every exchange included, ends by
     /// `deadline`. The answer is allowed or refused (when the deadline cuts off a retry, the
     /// service's last refusal); a [`JoinError`] when there is none.
     pub async fn join(
@@ -192,10 +200,14 @@ impl JoinClient {
         let mut number = 0u32;
         // The service's last (retryable) refusal: the answer, when the deadline cuts a retry off.
         let mut last_refusal = None;
+        let hint = RetryHint::default();
         loop {
             number += 1;
-            let outcome = self.once(token, identity, options, end).await;
-            let retry_in = jittered_backoff(number, Duration::from_millis(250), Duration::from_secs(5), 0.25);
+            let outcome = self.once(token, identity, options, end, &hint).await;
+            // The growing backoff, or longer when the service said when to come back.
+            let asked = hint.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let retry_in = jittered_backoff(number, Duration::from_millis(250), Duration::from_secs(5), 0.25)
+                .max(asked.unwrap_or_default().min(MAX_RETRY_AFTER));
             let time_left = Instant::now() + retry_in < end;
             match outcome {
                 Ok(Answer::Refused(r)) if r.error.retryable && time_left => {
@@ -225,10 +237,11 @@ impl JoinClient {
         identity: &ChainIdentity,
         options: &JoinOptions,
         end: Instant,
+        hint: &RetryHint,
     ) -> Result<Answer, Failure> {
         let (format, fips) = (&options.proof, options.fips);
         let url = format!("{}/v1/challenge", self.base);
-        let (status, body) = self.post(&url, &ChallengeRequest::new(token), end).await?;
+        let (status, body) = self.post(&url, &ChallengeRequest::new(token), end, hint).await?;
         let issued = match serde_json::from_slice::<ChallengeResponse>(&body) {
             Ok(c) if status == 200 => c,
             _ => {
@@ -275,11 +288,17 @@ impl JoinClient {
             None => request,
         };
         let url = format!("{}/v1/join", self.base);
-        let (status, body) = self.post(&url, &request, end).await?;
+        let (status, body) = self.post(&url, &request, end, hint).await?;
         Answer::from_slice(&body).map_err(|_| Failure::Remote(format!("{url}: HTTP {status}, not a join answer")))
     }
 
-    async fn post(&self, url: &str, body: &impl serde::Serialize, end: Instant) -> Result<(u16, Vec<u8>), Failure> {
+    async fn post(
+        &self,
+        url: &str,
+        body: &impl serde::Serialize,
+        end: Instant,
+        hint: &RetryHint,
+    ) -> Result<(u16, Vec<u8>), Failure> {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Failure::Remote(format!("{url}: the deadline passed")));
@@ -306,6 +325,14 @@ impl JoinClient {
             .await
             .map_err(failed)?;
         let status = answer.status().as_u16();
+        let retry_after = answer
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if retry_after.is_some() {
+            *hint.lock().unwrap_or_else(|p| p.into_inner()) = retry_after;
+        }
         let mut bytes = Vec::new();
         while let Some(chunk) = answer.chunk().await.map_err(failed)? {
             bytes.extend_from_slice(&chunk);

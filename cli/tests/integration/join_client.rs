@@ -207,3 +207,47 @@ async fn an_unresolvable_server_prints_the_cause() {
         assert!(took < Duration::from_secs(2), "a name that does not exist is not retried: {took:?}");
     }
 }
+
+/// Issue 23: a 429 from the rate limit is waited out for its `Retry-After`, not the 250 ms
+/// backoff; then the join goes on (here, to a refusal that ends the run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_agent_waits_for_retry_after() {
+    let times = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let seen = times.clone();
+    let server = Loopback::start(move |mut conn, request| {
+        let seen = seen.clone();
+        async move {
+            let head = String::from_utf8_lossy(&request).into_owned();
+            let answer = if head.starts_with("POST /v1/challenge ") {
+                let mut t = seen.lock().unwrap();
+                t.push(Instant::now());
+                if t.len() == 1 {
+                    let body = json!({"allowed": false, "token": "", "error": {"kind": "rate_limited",
+                        "message": "too many requests from this address", "retryable": true}, "identity": null})
+                    .to_string();
+                    format!(
+                        "HTTP/1.1 429 X\r\nContent-Type: application/json\r\nRetry-After: 2\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .into_bytes()
+                } else {
+                    reply(200, "application/json", json!({"challenge": CHALLENGE, "expires_at": "2027-01-15T08:00:00Z"}).to_string().as_bytes())
+                }
+            } else {
+                let body = json!({"allowed": false, "token": "iam-token",
+                    "error": {"kind": "not_allowed", "message": "no", "retryable": false}, "identity": null});
+                reply(403, "application/json", body.to_string().as_bytes())
+            };
+            conn.write_all(&answer).await.ok()?;
+            Some(conn)
+        }
+    })
+    .await;
+    let (out, _) = join(&format!("http://{}", server.addr()), "20", &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"not_allowed\""), "the join went on after the wait: {stdout}");
+    let t = times.lock().unwrap();
+    assert_eq!(t.len(), 2, "one 429, then one challenge");
+    let waited = t[1] - t[0];
+    assert!(waited >= Duration::from_millis(1900), "retried after {waited:?}, not the Retry-After of 2 s");
+}
