@@ -38,6 +38,9 @@ pub(crate) async fn three_replicas_share_challenges_single_use_redis_outages_and
             ("--sts-endpoint", &sts_url),
             ("--timeout", "3"),
             ("--reload-interval", reload),
+            // One agent joins in a tight loop during the reloads: no rate limit here (its own
+            // tests are in serve_limits.rs).
+            ("--rate-limit", "0"),
         ])
     };
     let a = Replica::start(&http, "a", &dir, &common("0.1")).await;
