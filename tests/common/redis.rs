@@ -16,8 +16,15 @@ impl Redis {
     /// Starts one on `port` (a free one when `None`) and waits, at most 10 s, until it accepts.
     pub(crate) fn start(port: Option<u16>) -> Redis {
         let port = port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let args =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(str::to_owned);
+        Self::spawn(&args, port)
+    }
+
+    /// `redis-server ARGS` (a replica, a Sentinel), once it accepts on `port` (at most 10 s).
+    pub(crate) fn spawn(args: &[String], port: u16) -> Redis {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -20,24 +20,6 @@ fn client_from(ip: [u8; 4]) -> reqwest::Client {
     client().local_address(IpAddr::V4(Ipv4Addr::from(ip))).build().unwrap()
 }
 
-/// POST with extra headers; the status, `Retry-After` and the JSON body.
-async fn post_with(
-    http: &reqwest::Client,
-    url: &str,
-    body: &Value,
-    headers: &[(&str, &str)],
-) -> (u16, Option<String>, Value) {
-    let mut req = http.post(url).header("content-type", "application/json").body(serde_json::to_vec(body).unwrap());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
-    let bytes = r.bytes().await.unwrap();
-    (status, retry_after, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
 fn assert_rate_limited(case: &str, (status, retry_after, body): &(u16, Option<String>, Value)) {
     assert_eq!(*status, 429, "{case}: {body}");
     let secs: u64 = retry_after.as_deref().unwrap_or_else(|| panic!("{case}: no Retry-After")).parse().unwrap();

@@ -172,16 +172,27 @@ pub(crate) fn metric(text: &str, series: &str) -> f64 {
 }
 
 pub(crate) async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = http
-        .post(url)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(body).unwrap())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let (status, _, answer) = post_with(http, url, body, &[]).await;
+    (status, answer)
+}
+
+/// POST with extra headers: the status, `Retry-After` and the JSON body (or `{"raw": text}`).
+pub(crate) async fn post_with(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, Value) {
+    let mut req = http.post(url).header("content-type", "application/json").body(serde_json::to_vec(body).unwrap());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
     let status = r.status().as_u16();
+    let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let bytes = r.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)})))
+    let answer = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    (status, retry_after, answer)
 }
 
 pub(crate) async fn challenge(http: &reqwest::Client, at: &Replica, token: &str) -> String {

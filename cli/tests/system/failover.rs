@@ -5,42 +5,25 @@
 //! after the promotion at every replica; joins during the failover fail closed; new joins work
 //! after it. With 0, the same run documents what can be lost.
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use iam_join::emulator::StsEmulator;
 use serde_json::Value;
 
 use crate::common::fixtures::{TOKENS, principals, user};
+use crate::common::redis::Redis;
 use crate::service::*;
 
-/// One `redis-server` process (a data node or a Sentinel), killed when dropped.
+/// One `redis-server` process (a data node or a Sentinel), killed when dropped or asked.
 struct Node {
-    child: Option<Child>,
+    process: Option<Redis>,
     port: u16,
 }
 
 impl Node {
-    fn start(args: &[String]) -> Node {
-        let port: u16 = args.iter().skip_while(|a| *a != "--port").nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-        Self::spawn(args, port)
-    }
-
     fn spawn(args: &[String], port: u16) -> Node {
-        let child = Command::new("redis-server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Node { child: Some(child), port }
+        Node { process: Some(Redis::spawn(args, port)), port }
     }
 
     /// A data node; a replica of `primary` when given.
@@ -54,7 +37,7 @@ impl Node {
         if let Some(p) = primary {
             args.extend(["--replicaof".to_owned(), "127.0.0.1".to_owned(), p.to_string()]);
         }
-        Self::start(&args)
+        Self::spawn(&args, port)
     }
 
     /// A Sentinel watching `primary` as `joins`: down after 1 s, quorum 2.
@@ -75,16 +58,7 @@ impl Node {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
+        self.process = None;
     }
 }
 

@@ -372,17 +372,8 @@ fn agent_address(round: u8, i: usize) -> String {
 /// POST as the load balancer forwards it: from 127.0.0.1 (the trusted proxy), `X-Forwarded-For`
 /// naming the client.
 async fn post_forwarded(http: &reqwest::Client, url: &str, body: &Value, client: &str) -> (u16, Value) {
-    let r = http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-forwarded-for", client)
-        .body(serde_json::to_vec(body).unwrap())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    let status = r.status().as_u16();
-    let bytes = r.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)})))
+    let (status, _, answer) = post_with(http, url, body, &[("x-forwarded-for", client)]).await;
+    (status, answer)
 }
 
 /// `joins` join bodies, each with a challenge from replica `i % 3` (untimed), asked for by the
