@@ -1,7 +1,8 @@
 //! The verification pipeline: STS response parsing (XML and JSON), the library's own CPU per join
 //! (everything except waiting for STS: `prepare` + `conclude`), and whole `verify` calls at 64
 //! concurrent joins against the loopback STS emulator, reported as verifications per second and
-//! p99 latency.
+//! p99 latency; and the same through a `LimitedTransport` (STS slots and the throttling
+//! backoff), side by side, for what the limits cost.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -12,7 +13,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iam_join::agent::{Credentials, JoinRequest, sign_join_request};
 use iam_join::emulator::{EmulatedPrincipal, StsEmulator};
 use iam_join::{Challenge, HttpAnswer, Proof};
-use iam_join::{EndpointOverride, RequestPolicy, ReqwestTransport, TokenSet, Verifier, parse_sts_response};
+use iam_join::{
+    EndpointOverride, LimitedTransport, RequestPolicy, ReqwestTransport, StsLimits, TokenSet, Verifier,
+    parse_sts_response,
+};
 
 const TOKENS: &str = "kind: token\nversion: v2\nmetadata:\n  name: iam-token\nspec:\n  roles: [Node]\n  join_method: iam\n  allow:\n  - aws_account: \"111111111111\"\n  - aws_arn: \"arn:aws:sts::333333333333:assumed-role/teleport-node-role/i-*\"\n";
 
@@ -74,17 +78,22 @@ const CONCURRENCY: usize = 64;
 
 fn verify_concurrent(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (sts, v, challenge, raw) = rt.block_on(async {
+    let (sts, v, limited, challenge, raw) = rt.block_on(async {
         let sts = StsEmulator::start(vec![principal()]).await.unwrap();
         let transport =
             ReqwestTransport::builder().endpoint_override(EndpointOverride::Url(sts.url())).build().unwrap();
-        let v = Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap())
-            .policy(RequestPolicy::new())
-            .transport(transport)
-            .build();
+        let verifier = |t: Arc<dyn iam_join::AwsTransport>| {
+            Verifier::builder(TokenSet::from_yaml(TOKENS).unwrap())
+                .policy(RequestPolicy::new())
+                .shared_transport(t)
+                .build()
+        };
+        let v = verifier(Arc::new(transport.clone()));
+        // The service's limits: 64 slots (as many as joins in flight here), the backoff idle.
+        let limited = verifier(Arc::new(LimitedTransport::new(transport, StsLimits::default())));
         let challenge = iam_join::challenge::generate().unwrap();
         let raw = Arc::new(signed(&challenge));
-        (sts, v, Arc::new(challenge), raw)
+        (sts, v, limited, Arc::new(challenge), raw)
     });
 
     // Throughput and p99 over a fixed run, printed for the README.
@@ -123,24 +132,33 @@ fn verify_concurrent(c: &mut Criterion) {
     let mut g = c.benchmark_group("verify");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4)).sample_size(20);
     g.throughput(Throughput::Elements(CONCURRENCY as u64));
-    g.bench_function(format!("concurrent_{CONCURRENCY}"), |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let mut tasks = Vec::with_capacity(CONCURRENCY);
-                for _ in 0..CONCURRENCY {
-                    let (v, challenge, raw) = (v.clone(), challenge.clone(), raw.clone());
-                    tasks.push(tokio::spawn(async move {
-                        v.verify("iam-token", Challenge::Plain(&challenge), Proof::Forwarded(&raw), SystemTime::now())
+    for (name, v) in
+        [(format!("concurrent_{CONCURRENCY}"), &v), (format!("concurrent_{CONCURRENCY}_limited"), &limited)]
+    {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut tasks = Vec::with_capacity(CONCURRENCY);
+                    for _ in 0..CONCURRENCY {
+                        let (v, challenge, raw) = (v.clone(), challenge.clone(), raw.clone());
+                        tasks.push(tokio::spawn(async move {
+                            v.verify(
+                                "iam-token",
+                                Challenge::Plain(&challenge),
+                                Proof::Forwarded(&raw),
+                                SystemTime::now(),
+                            )
                             .await
                             .unwrap()
-                    }));
-                }
-                for t in tasks {
-                    black_box(t.await.unwrap());
-                }
+                        }));
+                    }
+                    for t in tasks {
+                        black_box(t.await.unwrap());
+                    }
+                })
             })
-        })
-    });
+        });
+    }
     g.finish();
     drop(sts);
 }
