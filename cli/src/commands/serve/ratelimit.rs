@@ -89,7 +89,7 @@ impl ClientLimits {
     pub(crate) fn new(limit: RateLimit, trusted: Vec<IpNet>) -> Self {
         let limiter = NonZeroU32::new(limit.per_second).map(|rate| {
             let burst = NonZeroU32::new(limit.burst).unwrap_or(rate);
-            DefaultKeyedRateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst))
+            DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         Self {
             limiter,
