@@ -11,6 +11,33 @@
 #[path = "../common/loopback.rs"]
 mod loopback;
 
+/// A case of a table of text mutations (forwarded requests, presigned URLs): the untouched input
+/// → a hostile one, and the refusal it must get.
+pub(crate) struct Mutation {
+    pub(crate) name: &'static str,
+    pub(crate) source: &'static str,
+    pub(crate) mutate: fn(String) -> String,
+    pub(crate) want: ErrorKind,
+    /// Text of the refusal's detail that names the check which must stop the case.
+    pub(crate) because: &'static str,
+}
+
+/// `CASES`, a table of [`Mutation`]s: `name [source]: mutate => Kind, "because";`.
+macro_rules! mutations {
+    ($($name:ident [$source:expr]: $mutate:expr => $want:ident, $because:literal;)*) => {
+        pub(crate) const CASES: &[crate::Mutation] = &[$(crate::Mutation {
+            name: stringify!($name),
+            source: $source,
+            mutate: $mutate,
+            want: $want,
+            because: $because,
+        }),*];
+    };
+}
+
+/// aws-iam-authenticator's advisory, which both the forwarded and the presigned tables try.
+pub(crate) const AUTHENTICATOR: &str = "aws-iam-authenticator CVE-2022-2385 (duplicate parameters differing in case)";
+
 #[cfg(feature = "agent")]
 mod challenges;
 mod identities;

@@ -7,17 +7,8 @@ use iam_join::ErrorKind::{self, *};
 use iam_join::Proof;
 use iam_join::agent::{Credentials, JoinRequest, eks_token, presign_join_url};
 
-use crate::{FakeSts, Report, Where, challenge, expect_refusal_of, signed_at};
+use crate::{AUTHENTICATOR, FakeSts, Report, Where, challenge, expect_refusal_of, signed_at};
 
-pub(crate) struct Case {
-    pub(crate) name: &'static str,
-    pub(crate) source: &'static str,
-    pub(crate) mutate: fn(String) -> String,
-    pub(crate) want: ErrorKind,
-    pub(crate) because: &'static str,
-}
-
-const AUTHENTICATOR: &str = "aws-iam-authenticator CVE-2022-2385 (duplicate parameters differing in case)";
 const QUERY: &str = "presigned query: keys and values the server must not pass on";
 const SIGNED: &str = "SigV4: signed headers the server cannot reproduce, or the challenge left unsigned";
 const EXPIRY: &str = "presigned URL lifetime (X-Amz-Expires, 1 to 900 s) and freshness";
@@ -85,19 +76,7 @@ fn add(s: String, param: &str) -> String {
     format!("{s}&{param}")
 }
 
-macro_rules! cases {
-    ($($name:ident [$source:expr]: $mutate:expr => $want:ident, $because:literal;)*) => {
-        pub(crate) const CASES: &[Case] = &[$(Case {
-            name: stringify!($name),
-            source: $source,
-            mutate: $mutate,
-            want: $want,
-            because: $because,
-        }),*];
-    };
-}
-
-cases! {
+mutations! {
     presigned_extra_unknown_key [QUERY]: |s| add(s, "X-Amz-Foo=bar") => MalformedRequest, "is not one a presigned GetCallerIdentity has";
     presigned_extra_other_api_key [QUERY]: |s| add(s, "RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fx") => MalformedRequest, "is not one a presigned GetCallerIdentity has";
     presigned_percent_encoded_key [AUTHENTICATOR]: |s| swap(s, "X-Amz-Date=", "X%2DAmz-Date=") => MalformedRequest, "is not one a presigned GetCallerIdentity has";

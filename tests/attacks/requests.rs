@@ -1,21 +1,11 @@
 //! Hostile forwarded requests. Each is a mutation of the byte-exact Teleport request; all must
 //! be refused before anything is sent.
 
-use iam_join::ErrorKind::{self, *};
+use iam_join::ErrorKind::*;
 
-use crate::{FakeSts, Report, Where, expect_refusal, teleport_request};
-
-pub(crate) struct Case {
-    pub(crate) name: &'static str,
-    pub(crate) source: &'static str,
-    pub(crate) mutate: fn(String) -> String,
-    pub(crate) want: ErrorKind,
-    /// Text of the refusal's detail that names the check which must stop the case.
-    pub(crate) because: &'static str,
-}
+use crate::{AUTHENTICATOR, FakeSts, Report, Where, expect_refusal, teleport_request};
 
 const VAULT: &str = "Vault CVE-2020-16250 (request not rebuilt, other action or service)";
-const AUTHENTICATOR: &str = "aws-iam-authenticator CVE-2022-2385 (duplicate parameters differing in case)";
 const HOST_REPLAY: &str = "Host / X-Forwarded-Host replay to an attacker host";
 const SSRF: &str = "SSRF through the signed Host (cloud metadata, loopback)";
 const REGION: &str = "region injected into the endpoint host name";
@@ -88,19 +78,7 @@ fn date_and_scope(s: String, d: &str) -> String {
     date(s, d)
 }
 
-macro_rules! cases {
-    ($($name:ident [$source:expr]: $mutate:expr => $want:ident, $because:literal;)*) => {
-        pub(crate) const CASES: &[Case] = &[$(Case {
-            name: stringify!($name),
-            source: $source,
-            mutate: $mutate,
-            want: $want,
-            because: $because,
-        }),*];
-    };
-}
-
-cases! {
+mutations! {
     // Vault CVE-2020-16250: Vault forwarded what the client sent, so a signed request to another
     // action or service, with an answer the client could shape, passed as an identity.
     vault_action_in_query [VAULT]: |s| swap(s, "POST / ", "POST /?Action=AssumeRoleWithWebIdentity&Version=2011-06-15 ") => MalformedRequest, "request target is not exactly \"/\"";
