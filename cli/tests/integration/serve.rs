@@ -15,8 +15,7 @@ use crate::service::*;
 async fn sigterm_lets_the_join_in_flight_finish() {
     let http = client().build().unwrap();
     let dir = scratch("sigterm");
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = tokens_file(&dir);
     let sts = StsEmulator::start(principals()).await.unwrap();
     // A slow STS: each request waits 1.5 s, then goes to the emulator.
     let sts_addr = sts.addr();
@@ -116,8 +115,7 @@ async fn organization_rules_and_their_cache_metrics() {
 async fn the_log_says_why_and_readiness_means_a_join_could_be_allowed() {
     let http = client().build().unwrap();
     let dir = scratch("causes");
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = tokens_file(&dir);
     let closed = free_port(); // nothing listens there
     let args = flags(&[
         ("--tokens", &tokens.display().to_string()),
@@ -188,8 +186,7 @@ async fn the_log_says_why_and_readiness_means_a_join_could_be_allowed() {
 async fn an_untrusted_endpoint_refusal_does_not_tell_the_client_the_policy() {
     let http = client().build().unwrap();
     let dir = scratch("policy");
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = tokens_file(&dir);
     let sts = StsEmulator::start(principals()).await.unwrap();
     let mut args = flags(&[("--tokens", &tokens.display().to_string()), ("--sts-endpoint", &sts.url())]);
     args.push("--fips".to_owned());
@@ -210,8 +207,7 @@ async fn an_untrusted_endpoint_refusal_does_not_tell_the_client_the_policy() {
 async fn iam_join_join_with_each_proof_through_the_service() {
     let http = client().build().unwrap();
     let dir = scratch("proofs");
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = tokens_file(&dir);
     let sts = StsEmulator::start(principals()).await.unwrap();
     let pin = format!("111111111111={}", sts.issuer_url("111111111111"));
     let args = flags(&[
@@ -282,8 +278,7 @@ async fn a_stored_identity_is_reused_renewed_and_never_presented_expired() {
     use std::os::unix::fs::PermissionsExt as _;
     let http = client().build().unwrap();
     let dir = scratch("identity");
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = tokens_file(&dir).display().to_string();
     let (ca_cert, ca_key) = iam_join::issue::CertificateAuthority::generate("test CA").unwrap();
     let (_, jwt_key) = iam_join::issue::JwtKey::generate().unwrap();
     for (name, text) in [("ca.pem", ca_cert.as_str()), ("ca.key", ca_key.as_str()), ("jwt.pem", jwt_key.as_str())] {
@@ -293,7 +288,7 @@ async fn a_stored_identity_is_reused_renewed_and_never_presented_expired() {
     let sts = StsEmulator::start(principals()).await.unwrap();
     let path = |n: &str| dir.join(n).display().to_string();
     let args = flags(&[
-        ("--tokens", &path("tokens.yaml")),
+        ("--tokens", &tokens),
         ("--sts-endpoint", &sts.url()),
         ("--ca-cert", &path("ca.pem")),
         ("--ca-key", &path("ca.key")),

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use iam_join::emulator::StsEmulator;
 
-use crate::common::fixtures::{TOKENS, principals};
+use crate::common::fixtures::principals;
 use crate::service::{
-    Replica, STRANGER_ARN, assert_allowed, challenge, client, flags, fresh_join, metric, scratch, stranger, tokens_v2,
-    write_atomically,
+    Replica, STRANGER_ARN, assert_allowed, challenge, client, flags, fresh_join, metric, scratch, stranger,
+    tokens_file, tokens_v2, write_atomically,
 };
 
 /// `/healthz` answers within a second.
@@ -56,8 +56,7 @@ fn replace_with_link(path: &Path, target: &str) {
 async fn a_token_file_that_blocks_or_never_ends_leaves_the_service_answering() {
     let http = client().build().unwrap();
     let dir = scratch("hostile-files");
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = tokens_file(&dir);
     let sts = StsEmulator::start(principals()).await.unwrap();
     let args = flags(&[
         ("--tokens", &tokens.display().to_string()),
@@ -144,8 +143,7 @@ async fn drip(mut conn: tokio::net::TcpStream, bytes: &'static [u8], every: Dura
 async fn idle_connections_and_a_drip_fed_head_do_not_lock_out_a_new_client() {
     let http = client().build().unwrap();
     let dir = scratch("hostile-connections");
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = tokens_file(&dir);
     // 128 file descriptors, as in the report: 160 idle connections exhausted them.
     let args = flags(&[("--tokens", &tokens.display().to_string()), ("--header-timeout", "30")]);
     let r = Replica::start_limited(&http, "conns", &dir, &args, &[], Some(128)).await;
@@ -188,8 +186,7 @@ async fn idle_connections_and_a_drip_fed_head_do_not_lock_out_a_new_client() {
 async fn every_request_head_has_a_deadline_and_idle_connections_are_closed() {
     let http = client().build().unwrap();
     let dir = scratch("hostile-heads");
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = tokens_file(&dir);
     let args = flags(&[("--tokens", &tokens.display().to_string()), ("--header-timeout", "1")]);
     let r = Replica::start(&http, "heads", &dir, &args).await;
     let addr = format!("127.0.0.1:{}", r.port);
@@ -230,8 +227,7 @@ fn assert_refusal_json(case: &str, (status, body): &(u16, Vec<u8>), want: u16) {
 async fn bodies_are_bounded_and_every_error_status_answers_json() {
     let http = client().build().unwrap();
     let dir = scratch("hostile-bodies");
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
+    let tokens = tokens_file(&dir);
     let args = flags(&[("--tokens", &tokens.display().to_string()), ("--header-timeout", "1"), ("--timeout", "10")]);
     let r = Replica::start(&http, "bodies", &dir, &args).await;
     let addr = format!("127.0.0.1:{}", r.port);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use iam_join::emulator::StsEmulator;
 use serde_json::{Value, json};
 
-use crate::common::fixtures::{TOKENS, principals, user};
+use crate::common::fixtures::{principals, user};
 use crate::common::loopback::{Loopback, read_message, reply};
 use crate::service::*;
 
@@ -42,16 +42,10 @@ async fn forward(
     Some(conn)
 }
 
-async fn tokens_file(dir: &std::path::Path) -> String {
-    let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, TOKENS).unwrap();
-    tokens.display().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_address_gets_429s_with_nothing_sent_to_sts_while_another_joins() {
     let dir = scratch("flood");
-    let tokens = tokens_file(&dir).await;
+    let tokens = tokens_file(&dir).display().to_string();
     let sts = StsEmulator::start(principals()).await.unwrap();
     let (flooder, other) = (client_from([127, 0, 0, 1]), client_from([127, 0, 0, 2]));
     let base = flags(&[("--tokens", &tokens), ("--sts-endpoint", &sts.url()), ("--rate-limit", "2:6")]);
@@ -178,7 +172,7 @@ async fn a_flooding_address_gets_429s_with_nothing_sent_to_sts_while_another_joi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_max_sts_inflight_exchanges_and_the_rest_are_refused_busy_within_the_wait() {
     let dir = scratch("fanout");
-    let tokens = tokens_file(&dir).await;
+    let tokens = tokens_file(&dir).display().to_string();
     let sts = StsEmulator::start(principals()).await.unwrap();
     // A slow STS: 1.5 s per answer, counting the exchanges open at once.
     let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -258,7 +252,7 @@ const THROTTLING: &str = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttling_sts_sees_the_service_back_off_and_joins_resume_after_it_recovers() {
     let dir = scratch("throttling");
-    let tokens = tokens_file(&dir).await;
+    let tokens = tokens_file(&dir).display().to_string();
     let sts = StsEmulator::start(principals()).await.unwrap();
     // STS throttles while `throttling` is set; each request's arrival time is kept.
     let throttling = Arc::new(AtomicBool::new(true));

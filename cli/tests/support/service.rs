@@ -34,6 +34,20 @@ pub(crate) fn scratch(test: &str) -> PathBuf {
     dir
 }
 
+/// `tokens.yaml` in `dir`, holding the fixture tokens.
+pub(crate) fn tokens_file(dir: &Path) -> PathBuf {
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, TOKENS).unwrap();
+    tokens
+}
+
+/// [`tokens_file`] and the shared challenge-key file, for replicas that share challenges.
+pub(crate) fn tokens_and_keys(dir: &Path) -> (PathBuf, PathBuf) {
+    let keys = dir.join("challenge-keys");
+    write_key_file(&keys);
+    (tokens_file(dir), keys)
+}
+
 /// Replaces a file whole (write, then rename), as an operator's editor or a ConfigMap swap does.
 pub(crate) fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use iam_join::emulator::StsEmulator;
 use serde_json::Value;
 
-use crate::common::fixtures::{TOKENS, principals, user};
+use crate::common::fixtures::{principals, user};
 use crate::common::redis::Redis;
 use crate::service::*;
 
@@ -204,9 +204,7 @@ async fn cluster(dir: &Path) -> (Node, Link, [Node; 2], [Node; 3]) {
 async fn failover_run(min_replicas: &str) -> Vec<(u16, Value)> {
     let http = client().build().unwrap();
     let dir = scratch(&format!("failover-{min_replicas}"));
-    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
-    std::fs::write(&tokens, TOKENS).unwrap();
-    write_key_file(&keys);
+    let (tokens, keys) = tokens_and_keys(&dir);
     let (mut primary, link, _replicas, sentinels) = cluster(&dir).await;
     let url = format!(
         "redis+sentinel://{}/joins",

@@ -22,9 +22,7 @@ use crate::service::*;
 pub(crate) async fn three_replicas_share_challenges_single_use_redis_outages_and_reloads() {
     let http = client().build().unwrap();
     let dir = scratch("replicas");
-    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
-    std::fs::write(&tokens, TOKENS).unwrap();
-    write_key_file(&keys);
+    let (tokens, keys) = tokens_and_keys(&dir);
     let redis = Redis::start(None);
     let redis_port = redis.port;
     let sts = StsEmulator::start(principals()).await.unwrap();
@@ -463,9 +461,7 @@ pub(crate) async fn load_across_three_replicas() {
     let http =
         client().timeout(Duration::from_secs(30)).pool_max_idle_per_host(CONCURRENCY + FLOODERS).build().unwrap();
     let dir = scratch("load");
-    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
-    std::fs::write(&tokens, TOKENS).unwrap();
-    write_key_file(&keys);
+    let (tokens, keys) = tokens_and_keys(&dir);
     let redis = Redis::start(None);
     let sts = StsEmulator::start(principals()).await.unwrap();
     let args = flags(&[
@@ -622,9 +618,7 @@ pub(crate) async fn load_across_three_replicas() {
 pub(crate) async fn replicas_idle_during_a_redis_restart_join_at_once_and_claims_end_with_the_challenge() {
     let http = client().build().unwrap();
     let dir = scratch("hostile-redis");
-    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
-    std::fs::write(&tokens, TOKENS).unwrap();
-    write_key_file(&keys);
+    let (tokens, keys) = tokens_and_keys(&dir);
     let redis = Redis::start(None);
     let port = redis.port;
     let sts = StsEmulator::start(principals()).await.unwrap();
@@ -671,9 +665,7 @@ pub(crate) async fn replicas_idle_during_a_redis_restart_join_at_once_and_claims
 pub(crate) async fn one_issued_challenge_is_one_join_across_replicas_whatever_its_spelling() {
     let http = client().build().unwrap();
     let dir = scratch("hostile-spellings");
-    let (tokens, keys) = (dir.join("tokens.yaml"), dir.join("challenge-keys"));
-    std::fs::write(&tokens, TOKENS).unwrap();
-    write_key_file(&keys);
+    let (tokens, keys) = tokens_and_keys(&dir);
     let redis = Redis::start(None);
     let sts = StsEmulator::start(principals()).await.unwrap();
     let args = flags(&[
