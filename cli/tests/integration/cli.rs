@@ -430,17 +430,10 @@ async fn sign_and_verify_the_presigned_and_web_identity_proofs() {
     let sign = |extra: Vec<String>| {
         let url = sts.url();
         tokio::task::spawn_blocking(move || {
-            let out = bin()
-                .arg("sign")
+            let out = crate::service::agent_command(&["sign"])
                 .args(&extra)
-                .env_clear()
-                .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
-                .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::USER_SECRET)
                 .env("AWS_REGION", "us-east-1")
                 .env("AWS_ENDPOINT_URL_STS", url)
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env("AWS_CONFIG_FILE", "/dev/null")
-                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
                 .output()
                 .unwrap();
             assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

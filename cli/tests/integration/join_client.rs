@@ -2,7 +2,7 @@
 //! proxy, `--deadline` bounds the whole run, the service's text cannot write to the terminal,
 //! and local failures exit at once (issue 18).
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::common::fixtures::{USER_KEY, USER_SECRET};
 use crate::common::loopback::{Loopback, reply};
+use crate::service::agent_command;
 
 const CHALLENGE: &str = "v1.k1.1800000300.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
@@ -22,12 +22,7 @@ async fn join(server: &str, deadline: &str, env: &[(&str, String)]) -> (Output, 
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
     tokio::task::spawn_blocking(move || {
         let start = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_iam-join"))
-            .args(["join", "--server", &server, "--token", "iam-token", "--deadline", &deadline])
-            .env_clear()
-            .env("AWS_ACCESS_KEY_ID", USER_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", USER_SECRET)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+        let out = agent_command(&["join", "--server", &server, "--token", "iam-token", "--deadline", &deadline])
             .envs(env)
             .output()
             .unwrap();

@@ -221,17 +221,10 @@ async fn iam_join_join_with_each_proof_through_the_service() {
     let join = |extra: &'static [&'static str]| {
         let (server, sts_url) = (r.url(""), sts.url());
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_iam-join"))
-                .args(["join", "--server", &server, "--token", "iam-token", "--deadline", "10"])
+            agent_command(&["join", "--server", &server, "--token", "iam-token", "--deadline", "10"])
                 .args(extra)
-                .env_clear()
-                .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
-                .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::USER_SECRET)
                 .env("AWS_REGION", "us-east-1")
                 .env("AWS_ENDPOINT_URL_STS", sts_url)
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env("AWS_CONFIG_FILE", "/dev/null")
-                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
                 .output()
                 .unwrap()
         })
@@ -330,27 +323,22 @@ async fn a_stored_identity_is_reused_renewed_and_never_presented_expired() {
     assert!(second > first);
     // --renew joins by itself when two thirds have passed.
     let (server, ident2) = (r.url(""), ident.clone());
-    let mut renewing = std::process::Command::new(env!("CARGO_BIN_EXE_iam-join"))
-        .args([
-            "join",
-            "--server",
-            &server,
-            "--token",
-            "iam-token",
-            "--deadline",
-            "3",
-            "--identity-dir",
-            &ident2,
-            "--renew",
-        ])
-        .env_clear()
-        .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::USER_SECRET)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut renewing = agent_command(&[
+        "join",
+        "--server",
+        &server,
+        "--token",
+        "iam-token",
+        "--deadline",
+        "3",
+        "--identity-dir",
+        &ident2,
+        "--renew",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let start = Instant::now();
     while issued_at() == second && start.elapsed() < Duration::from_secs(8) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -375,15 +363,8 @@ async fn a_stored_identity_is_reused_renewed_and_never_presented_expired() {
 
 /// `iam-join join --identity-dir IDENT` against `server` as the emulator's IAM user.
 fn identity_join(server: &str, ident: &str, extra: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_iam-join"))
-        .args(["join", "--server", server, "--token", "iam-token", "--deadline", "3", "--identity-dir", ident])
+    agent_command(&["join", "--server", server, "--token", "iam-token", "--deadline", "3", "--identity-dir", ident])
         .args(extra)
-        .env_clear()
-        .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::USER_SECRET)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .output()
         .unwrap()
 }

@@ -65,6 +65,20 @@ pub(crate) fn client() -> reqwest::ClientBuilder {
     reqwest::Client::builder().timeout(Duration::from_secs(20))
 }
 
+/// `iam-join ARGS` as the agent: an empty environment but the agent's static keys (the AWS
+/// chain's first source), no instance metadata and no AWS config files.
+pub(crate) fn agent_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iam-join"));
+    cmd.args(args)
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", crate::common::fixtures::USER_SECRET)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    cmd
+}
+
 /// `serve`'s command line from `(flag, value)` pairs.
 pub(crate) fn flags(pairs: &[(&str, &str)]) -> Vec<String> {
     pairs.iter().flat_map(|(flag, value)| [(*flag).to_owned(), (*value).to_owned()]).collect()

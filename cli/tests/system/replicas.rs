@@ -4,7 +4,6 @@
 //! default) across three replicas against in-process `verify`.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -147,14 +146,7 @@ pub(crate) async fn three_replicas_share_challenges_single_use_redis_outages_and
     // The client, `iam-join join`, with the agent's keys in its environment (the chain's first source).
     let url = b.url("");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_iam-join"))
-            .args(["join", "--server", &url, "--token", "iam-token", "--deadline", "10"])
-            .env_clear()
-            .env("AWS_ACCESS_KEY_ID", crate::common::fixtures::USER_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", USER_SECRET)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap()
+        agent_command(&["join", "--server", &url, "--token", "iam-token", "--deadline", "10"]).output().unwrap()
     })
     .await
     .unwrap();
