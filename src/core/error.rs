@@ -281,6 +281,12 @@ impl Error {
         Self { client: Some(detail.clone().into_boxed_str()), ..Self::new(kind, detail) }
     }
 
+    /// `malformed_request` about the client's own request (its framing, headers, URL, token):
+    /// what is wrong with it is the client's to see.
+    pub(crate) fn malformed_request(detail: impl Into<String>) -> Self {
+        Self::about_request(ErrorKind::MalformedRequest, detail)
+    }
+
     /// Sets the fact about the client's own request that [`Error::client_message`] shows.
     pub(crate) fn with_client_fact(mut self, fact: impl Into<String>) -> Self {
         self.client = Some(fact.into().into_boxed_str());

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use time::{Date, Month, PrimitiveDateTime, Time};
 
-use crate::core::error::{Error, ErrorKind};
+use crate::core::error::Error;
 
 /// The only algorithm STS requests are signed with here.
 pub(crate) const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -21,11 +21,6 @@ pub(crate) struct Authorization<'a> {
     pub(crate) region: &'a str,
     /// Lowercase, strictly ascending.
     pub(crate) signed_headers: Vec<&'a str>,
-}
-
-/// `malformed_request`: what is wrong with the request is the client's to see.
-fn malformed(detail: impl Into<String>) -> Error {
-    Error::about_request(ErrorKind::MalformedRequest, detail)
 }
 
 /// RFC 9110 `tchar`, lowercase only (SigV4 lists header names lowercased), as a table.
@@ -64,32 +59,35 @@ fn fields(s: &str, sep: u8) -> impl Iterator<Item = &str> {
 }
 
 pub(crate) fn parse_authorization(value: &str) -> Result<Authorization<'_>, Error> {
-    let rest = value
-        .strip_prefix(ALGORITHM)
-        .and_then(|r| r.strip_prefix(' '))
-        .ok_or_else(|| malformed(format!("Authorization is not {ALGORITHM} followed by its parameters")))?;
+    let rest = value.strip_prefix(ALGORITHM).and_then(|r| r.strip_prefix(' ')).ok_or_else(|| {
+        Error::malformed_request(format!("Authorization is not {ALGORITHM} followed by its parameters"))
+    })?;
     let (mut credential, mut signed, mut signature) = (None, None, None);
     for part in fields(rest, b',') {
         let part = part.trim_matches(' ');
-        let (key, val) = part.split_once('=').ok_or_else(|| malformed("Authorization has a parameter without '='"))?;
+        let (key, val) = part
+            .split_once('=')
+            .ok_or_else(|| Error::malformed_request("Authorization has a parameter without '='"))?;
         let slot = match key {
             "Credential" => &mut credential,
             "SignedHeaders" => &mut signed,
             "Signature" => &mut signature,
             _ => {
-                return Err(malformed("Authorization has a parameter other than Credential, SignedHeaders, Signature"));
+                return Err(Error::malformed_request(
+                    "Authorization has a parameter other than Credential, SignedHeaders, Signature",
+                ));
             }
         };
         if slot.replace(val).is_some() {
-            return Err(malformed(format!("Authorization has {key} more than once")));
+            return Err(Error::malformed_request(format!("Authorization has {key} more than once")));
         }
     }
-    let credential = credential.ok_or_else(|| malformed("Authorization has no Credential"))?;
-    let signed = signed.ok_or_else(|| malformed("Authorization has no SignedHeaders"))?;
-    let signature = signature.ok_or_else(|| malformed("Authorization has no Signature"))?;
+    let credential = credential.ok_or_else(|| Error::malformed_request("Authorization has no Credential"))?;
+    let signed = signed.ok_or_else(|| Error::malformed_request("Authorization has no SignedHeaders"))?;
+    let signature = signature.ok_or_else(|| Error::malformed_request("Authorization has no Signature"))?;
 
     if !is_signature(signature) {
-        return Err(malformed("Authorization Signature is not 64 lowercase hex digits"));
+        return Err(Error::malformed_request("Authorization Signature is not 64 lowercase hex digits"));
     }
 
     let Credential { access_key_id: akid, date, region } = parse_credential(credential)?;
@@ -112,25 +110,28 @@ pub(crate) fn parse_credential(credential: &str) -> Result<Credential<'_>, Error
     let (Some(akid), Some(date), Some(region), Some(service), Some(terminator), None) =
         (scope.next(), scope.next(), scope.next(), scope.next(), scope.next(), scope.next())
     else {
-        return Err(malformed("Credential is not ACCESS_KEY/DATE/REGION/SERVICE/aws4_request"));
+        return Err(Error::malformed_request("Credential is not ACCESS_KEY/DATE/REGION/SERVICE/aws4_request"));
     };
     if !(16..=128).contains(&akid.len()) || !akid.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
-        return Err(malformed("Credential access key id is not 16 to 128 uppercase letters or digits"));
+        return Err(Error::malformed_request("Credential access key id is not 16 to 128 uppercase letters or digits"));
     }
     if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(malformed("Credential scope date is not YYYYMMDD"));
+        return Err(Error::malformed_request("Credential scope date is not YYYYMMDD"));
     }
     if region.is_empty()
         || region.len() > 64
         || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err(malformed("Credential scope region is not a region name"));
+        return Err(Error::malformed_request("Credential scope region is not a region name"));
     }
     if service != "sts" {
-        return Err(malformed(format!("Credential scope service is {:?}, not \"sts\"", truncate(service))));
+        return Err(Error::malformed_request(format!(
+            "Credential scope service is {:?}, not \"sts\"",
+            truncate(service)
+        )));
     }
     if terminator != "aws4_request" {
-        return Err(malformed("Credential scope does not end in aws4_request"));
+        return Err(Error::malformed_request("Credential scope does not end in aws4_request"));
     }
     Ok(Credential { access_key_id: akid, date, region })
 }
@@ -140,10 +141,10 @@ pub(crate) fn parse_signed_headers(signed: &str) -> Result<Vec<&str>, Error> {
     let signed_headers: Vec<&str> = fields(signed, b';').collect();
     for (i, name) in signed_headers.iter().enumerate() {
         if name.is_empty() || !name.bytes().all(|b| LOWER_TCHAR[usize::from(b)]) {
-            return Err(malformed("SignedHeaders holds an empty or non-lowercase header name"));
+            return Err(Error::malformed_request("SignedHeaders holds an empty or non-lowercase header name"));
         }
         if i > 0 && signed_headers[i - 1] >= *name {
-            return Err(malformed("SignedHeaders is not sorted and unique"));
+            return Err(Error::malformed_request("SignedHeaders is not sorted and unique"));
         }
     }
     Ok(signed_headers)
@@ -157,7 +158,7 @@ pub(crate) fn is_signature(s: &str) -> bool {
 /// Parses `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`, UTC). The fixed-width digits are read directly;
 /// the `time` crate checks that they form a real date and time.
 pub(crate) fn parse_amz_date(value: &str) -> Result<SystemTime, Error> {
-    let bad = || malformed("X-Amz-Date is not YYYYMMDDTHHMMSSZ");
+    let bad = || Error::malformed_request("X-Amz-Date is not YYYYMMDDTHHMMSSZ");
     let b = value.as_bytes();
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return Err(bad());
@@ -182,6 +183,7 @@ fn truncate(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::error::ErrorKind;
 
     const SIG: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use crate::core::challenge;
 use crate::core::endpoint::Endpoint;
-use crate::core::error::{Error, ErrorKind};
+use crate::core::error::Error;
 use crate::core::proof::policy::{RequestPolicy, is_forbidden_signed};
 use crate::core::proof::replay::{Method, Replay};
 use crate::core::sigv4;
@@ -44,11 +44,6 @@ pub struct ForwardedRequest {
     accept_json: bool,
     /// The index in the replay's headers of the signed challenge header.
     challenge_at: usize,
-}
-
-/// `malformed_request`: what is wrong with the request is the client's to see.
-fn malformed(detail: impl Into<String>) -> Error {
-    Error::about_request(ErrorKind::MalformedRequest, detail)
 }
 
 /// Every CR is followed by LF and every LF preceded by CR.
@@ -98,8 +93,8 @@ impl<'h> Headers<'h> {
         let mut it = self.values(name);
         match (it.next(), it.next()) {
             (Some(v), None) => Ok(v),
-            (None, _) => Err(malformed(format!("request has no {shown} header"))),
-            (Some(_), Some(_)) => Err(malformed(format!("request has more than one {shown} header"))),
+            (None, _) => Err(Error::malformed_request(format!("request has no {shown} header"))),
+            (Some(_), Some(_)) => Err(Error::malformed_request(format!("request has more than one {shown} header"))),
         }
     }
 }
@@ -158,30 +153,30 @@ impl ForwardedRequest {
         let head_len = match req.parse(window) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if raw.len() >= MAX_HEAD_BYTES => {
-                return Err(malformed(format!("request head is larger than {MAX_HEAD_BYTES} bytes")));
+                return Err(Error::malformed_request(format!("request head is larger than {MAX_HEAD_BYTES} bytes")));
             }
             Ok(httparse::Status::Partial) => {
-                return Err(malformed("request head does not end with an empty CRLF line"));
+                return Err(Error::malformed_request("request head does not end with an empty CRLF line"));
             }
             Err(httparse::Error::TooManyHeaders) => {
-                return Err(malformed(format!("request has more than {MAX_HEADERS} headers")));
+                return Err(Error::malformed_request(format!("request has more than {MAX_HEADERS} headers")));
             }
-            Err(e) => return Err(malformed(format!("request head is not valid HTTP/1.1: {e}"))),
+            Err(e) => return Err(Error::malformed_request(format!("request head is not valid HTTP/1.1: {e}"))),
         };
         let head = &raw[..head_len];
         // CRLF only: a bare CR or LF is how requests get split differently by different parsers
         // (httparse itself tolerates bare LF line endings).
         if !crlf_only(head) || !head.ends_with(b"\r\n\r\n") {
-            return Err(malformed("request head has a bare CR or LF; lines must end in CRLF"));
+            return Err(Error::malformed_request("request head has a bare CR or LF; lines must end in CRLF"));
         }
         if req.method != Some("POST") {
-            return Err(malformed("request method is not POST"));
+            return Err(Error::malformed_request("request method is not POST"));
         }
         if req.path != Some("/") {
-            return Err(malformed("request target is not exactly \"/\""));
+            return Err(Error::malformed_request("request target is not exactly \"/\""));
         }
         if req.version != Some(1) {
-            return Err(malformed("request is not HTTP/1.1"));
+            return Err(Error::malformed_request("request is not HTTP/1.1"));
         }
 
         // Names as received (looked up case-insensitively), values as received (httparse has
@@ -189,30 +184,37 @@ impl ForwardedRequest {
         let mut headers = Headers::with_capacity(req.headers.len());
         for h in req.headers.iter() {
             if !is_visible_ascii(h.value) {
-                return Err(malformed(format!("header {} has a control or non-ASCII character", h.name)));
+                return Err(Error::malformed_request(format!(
+                    "header {} has a control or non-ASCII character",
+                    h.name
+                )));
             }
         }
         // Every value is visible ASCII now, and the rest of the head was checked by httparse, so
         // one UTF-8 check of the whole head lets values be sliced from it as text.
-        let text = std::str::from_utf8(head).map_err(|_| malformed("request head is not ASCII"))?;
+        let text = std::str::from_utf8(head).map_err(|_| Error::malformed_request("request head is not ASCII"))?;
         for h in req.headers.iter() {
             let start = h.value.as_ptr() as usize - head.as_ptr() as usize;
-            let value = text.get(start..start + h.value.len()).ok_or_else(|| malformed("header value is not ASCII"))?;
+            let value = text
+                .get(start..start + h.value.len())
+                .ok_or_else(|| Error::malformed_request("header value is not ASCII"))?;
             headers.push(h.name, value);
         }
         let count = |name: &str| headers.values(name).count();
         let one = |name: &str, shown: &str| headers.one(name, shown);
 
         if count("transfer-encoding") > 0 {
-            return Err(malformed("request has Transfer-Encoding; only a Content-Length body is accepted"));
+            return Err(Error::malformed_request(
+                "request has Transfer-Encoding; only a Content-Length body is accepted",
+            ));
         }
         let content_length = one("content-length", "Content-Length")?;
         if content_length != GET_CALLER_IDENTITY_BODY.len().to_string() {
-            return Err(malformed("Content-Length is not the length of the GetCallerIdentity body"));
+            return Err(Error::malformed_request("Content-Length is not the length of the GetCallerIdentity body"));
         }
         let body = &raw[head_len..];
         if body != GET_CALLER_IDENTITY_BODY {
-            return Err(malformed(format!(
+            return Err(Error::malformed_request(format!(
                 "body is not exactly {:?} (or has trailing bytes)",
                 String::from_utf8_lossy(GET_CALLER_IDENTITY_BODY)
             )));
@@ -222,53 +224,55 @@ impl ForwardedRequest {
         let amz_date = one("x-amz-date", "X-Amz-Date")?;
         let security_token = headers.values("x-amz-security-token").next();
         if count("x-amz-security-token") > 1 {
-            return Err(malformed("request has more than one X-Amz-Security-Token header"));
+            return Err(Error::malformed_request("request has more than one X-Amz-Security-Token header"));
         }
 
         let auth = sigv4::parse_authorization(authorization)?;
         for required in ["host", "x-amz-date", "content-type"] {
             if !auth.signed_headers.contains(&required) {
-                return Err(malformed(format!("{required} is not among the signed headers")));
+                return Err(Error::malformed_request(format!("{required} is not among the signed headers")));
             }
         }
         let challenge_name = policy.challenge_header.as_str();
         let mut signed_values = Vec::with_capacity(auth.signed_headers.len());
         for &name in &auth.signed_headers {
             if is_forbidden_signed(name) {
-                return Err(malformed(format!("{name} must not be signed: it is a hop-by-hop or proxy header")));
+                return Err(Error::malformed_request(format!(
+                    "{name} must not be signed: it is a hop-by-hop or proxy header"
+                )));
             }
             if name == "authorization" {
                 // It carries the signature, so no signer can have signed it; listing it would
                 // also make the rebuilt request carry it twice.
-                return Err(malformed("authorization cannot be among the signed headers"));
+                return Err(Error::malformed_request("authorization cannot be among the signed headers"));
             }
             // Present exactly once (the challenge is checked below, with its own error kind).
             signed_values.push(if name == challenge_name { "" } else { one(name, name)? });
         }
         let content_type = one("content-type", "Content-Type")?;
         if !is_form_content_type(content_type) {
-            return Err(malformed("Content-Type is not application/x-www-form-urlencoded"));
+            return Err(Error::malformed_request("Content-Type is not application/x-www-form-urlencoded"));
         }
         // The payload is the fixed body, sent whole: no streaming or chunked signing, no encoding.
         if headers.payload_hash && one("x-amz-content-sha256", "X-Amz-Content-Sha256")? != BODY_SHA256_HEX {
-            return Err(malformed(
+            return Err(Error::malformed_request(
                 "X-Amz-Content-Sha256 is not the SHA-256 of the GetCallerIdentity body (streaming, chunked or unsigned payloads are refused)",
             ));
         }
         if auth.signed_headers.contains(&"content-encoding") {
-            return Err(malformed("Content-Encoding is signed; the body must be sent as is"));
+            return Err(Error::malformed_request("Content-Encoding is signed; the body must be sent as is"));
         }
 
         // Freshness and scope: the date signed into the scope must be the date of X-Amz-Date.
         let signed_at = sigv4::parse_amz_date(amz_date)?;
         if !amz_date.starts_with(auth.date) {
-            return Err(malformed("the Credential scope date is not the date of X-Amz-Date"));
+            return Err(Error::malformed_request("the Credential scope date is not the date of X-Amz-Date"));
         }
         policy.check_fresh("X-Amz-Date", signed_at, now)?;
 
         let endpoint = policy.endpoints.check(host)?;
         if auth.region != endpoint.signing_region() {
-            return Err(malformed(format!(
+            return Err(Error::malformed_request(format!(
                 "request is signed for region {} but {} signs as {}",
                 auth.region,
                 endpoint.host(),

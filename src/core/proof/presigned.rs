@@ -79,11 +79,6 @@ pub struct PresignedUrl {
     challenge_at: usize,
 }
 
-/// `malformed_request`: what is wrong with the URL is the client's to see.
-fn malformed(detail: impl Into<String>) -> Error {
-    Error::about_request(ErrorKind::MalformedRequest, detail)
-}
-
 /// RFC 3986 unreserved characters, and `%` for the escapes checked separately.
 fn is_query_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%')
@@ -101,7 +96,7 @@ fn decode_value(raw: &str, key: &str) -> Result<String, Error> {
                 let hex = |c: u8| (c as char).to_digit(16);
                 let (Some(h), Some(l)) = (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c)))
                 else {
-                    return Err(malformed(format!("query parameter {key} has a bad percent escape")));
+                    return Err(Error::malformed_request(format!("query parameter {key} has a bad percent escape")));
                 };
                 out.push((h * 16 + l) as u8);
                 i += 3;
@@ -110,35 +105,40 @@ fn decode_value(raw: &str, key: &str) -> Result<String, Error> {
                 out.push(c);
                 i += 1;
             }
-            _ => return Err(malformed(format!("query parameter {key} has a character that must be escaped"))),
+            _ => {
+                return Err(Error::malformed_request(format!(
+                    "query parameter {key} has a character that must be escaped"
+                )));
+            }
         }
     }
     match String::from_utf8(out) {
         Ok(s) if s.bytes().all(|c| c.is_ascii_graphic()) => Ok(s),
-        _ => Err(malformed(format!("query parameter {key} decodes to a control or non-ASCII character"))),
+        _ => {
+            Err(Error::malformed_request(format!("query parameter {key} decodes to a control or non-ASCII character")))
+        }
     }
 }
 
 /// Reads the proof as received into the URL: `k8s-aws-v1.` and unpadded base64url, or the URL.
 fn url_text(raw: &[u8]) -> Result<String, Error> {
     if raw.len() > MAX_PRESIGNED_BYTES {
-        return Err(malformed(format!("presigned proof is longer than {MAX_PRESIGNED_BYTES} bytes")));
+        return Err(Error::malformed_request(format!("presigned proof is longer than {MAX_PRESIGNED_BYTES} bytes")));
     }
     let text = std::str::from_utf8(raw)
         .ok()
         .filter(|t| t.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| malformed("presigned proof has a space, control or non-ASCII character"))?;
+        .ok_or_else(|| Error::malformed_request("presigned proof has a space, control or non-ASCII character"))?;
     if let Some(b64) = text.strip_prefix(EKS_TOKEN_PREFIX) {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(b64)
-            .map_err(|_| malformed(format!("the text after {EKS_TOKEN_PREFIX} is not unpadded base64url")))?;
-        return String::from_utf8(bytes)
-            .ok()
-            .filter(|t| t.bytes().all(|b| b.is_ascii_graphic()))
-            .ok_or_else(|| malformed("the EKS token's URL has a space, control or non-ASCII character"));
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64).map_err(|_| {
+            Error::malformed_request(format!("the text after {EKS_TOKEN_PREFIX} is not unpadded base64url"))
+        })?;
+        return String::from_utf8(bytes).ok().filter(|t| t.bytes().all(|b| b.is_ascii_graphic())).ok_or_else(|| {
+            Error::malformed_request("the EKS token's URL has a space, control or non-ASCII character")
+        });
     }
     if text.starts_with("k8s-aws-") {
-        return Err(malformed(format!("an EKS token must start with {EKS_TOKEN_PREFIX}")));
+        return Err(Error::malformed_request(format!("an EKS token must start with {EKS_TOKEN_PREFIX}")));
     }
     Ok(text.to_owned())
 }
@@ -158,35 +158,37 @@ impl PresignedUrl {
     /// ```
     pub fn parse(raw: &[u8], challenge: &str, policy: &RequestPolicy, now: SystemTime) -> Result<Self, Error> {
         let url = url_text(raw)?;
-        let rest = url.strip_prefix("https://").ok_or_else(|| malformed("presigned URL is not https://"))?;
+        let rest =
+            url.strip_prefix("https://").ok_or_else(|| Error::malformed_request("presigned URL is not https://"))?;
         let (authority, path_and_query) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
         if authority.contains('@') {
-            return Err(malformed("presigned URL has user information"));
+            return Err(Error::malformed_request("presigned URL has user information"));
         }
         if authority.contains(':') {
-            return Err(malformed("presigned URL names a port"));
+            return Err(Error::malformed_request("presigned URL names a port"));
         }
         if path_and_query.contains('#') {
-            return Err(malformed("presigned URL has a fragment"));
+            return Err(Error::malformed_request("presigned URL has a fragment"));
         }
         let Some(query) = path_and_query.strip_prefix("/?") else {
-            return Err(malformed("presigned URL's path is not exactly \"/\" followed by its query"));
+            return Err(Error::malformed_request("presigned URL's path is not exactly \"/\" followed by its query"));
         };
         let endpoint = policy.endpoints.check(authority)?;
 
         // Each known key at most once, spelled exactly; nothing else.
         let mut raw_values: [Option<&str>; KEYS.len()] = [None; KEYS.len()];
         for part in query.split('&') {
-            let (key, value) = part.split_once('=').ok_or_else(|| malformed("query has a parameter without '='"))?;
+            let (key, value) =
+                part.split_once('=').ok_or_else(|| Error::malformed_request("query has a parameter without '='"))?;
             let slot = match KEYS.iter().position(|k| *k == key) {
                 Some(i) => i,
                 None => {
                     return Err(match KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
-                        Some(k) => malformed(format!(
+                        Some(k) => Error::malformed_request(format!(
                             "query parameter {} is {k} in another letter case (CVE-2022-2385)",
                             quoted_shown(key)
                         )),
-                        None => malformed(format!(
+                        None => Error::malformed_request(format!(
                             "query parameter {} is not one a presigned GetCallerIdentity has",
                             quoted_shown(key)
                         )),
@@ -194,31 +196,31 @@ impl PresignedUrl {
                 }
             };
             if raw_values[slot].replace(value).is_some() {
-                return Err(malformed(format!("query parameter {} appears more than once", KEYS[slot])));
+                return Err(Error::malformed_request(format!("query parameter {} appears more than once", KEYS[slot])));
             }
         }
         let get = |i: usize| -> Result<String, Error> {
-            let raw = raw_values[i].ok_or_else(|| malformed(format!("query has no {}", KEYS[i])))?;
+            let raw = raw_values[i].ok_or_else(|| Error::malformed_request(format!("query has no {}", KEYS[i])))?;
             decode_value(raw, KEYS[i])
         };
         if get(ACTION)? != "GetCallerIdentity" {
-            return Err(malformed("Action is not GetCallerIdentity"));
+            return Err(Error::malformed_request("Action is not GetCallerIdentity"));
         }
         if get(VERSION)? != "2011-06-15" {
-            return Err(malformed("Version is not 2011-06-15"));
+            return Err(Error::malformed_request("Version is not 2011-06-15"));
         }
         if get(ALGORITHM)? != sigv4::ALGORITHM {
-            return Err(malformed(format!("X-Amz-Algorithm is not {}", sigv4::ALGORITHM)));
+            return Err(Error::malformed_request(format!("X-Amz-Algorithm is not {}", sigv4::ALGORITHM)));
         }
         if !sigv4::is_signature(&get(SIGNATURE)?) {
-            return Err(malformed("X-Amz-Signature is not 64 lowercase hex digits"));
+            return Err(Error::malformed_request("X-Amz-Signature is not 64 lowercase hex digits"));
         }
         let credential_text = get(CREDENTIAL)?;
         let credential = sigv4::parse_credential(&credential_text)?;
         let amz_date = get(DATE)?;
         let signed_at = sigv4::parse_amz_date(&amz_date)?;
         if !amz_date.starts_with(credential.date) {
-            return Err(malformed("the X-Amz-Credential scope date is not the date of X-Amz-Date"));
+            return Err(Error::malformed_request("the X-Amz-Credential scope date is not the date of X-Amz-Date"));
         }
         let expires = get(EXPIRES)?;
         let expires = expires
@@ -226,16 +228,18 @@ impl PresignedUrl {
             .ok()
             .filter(|e| (1..=MAX_PRESIGNED_EXPIRES).contains(e) && !expires.starts_with('0'))
             .ok_or_else(|| {
-                malformed(format!("X-Amz-Expires is not a whole number of seconds from 1 to {MAX_PRESIGNED_EXPIRES}"))
+                Error::malformed_request(format!(
+                    "X-Amz-Expires is not a whole number of seconds from 1 to {MAX_PRESIGNED_EXPIRES}"
+                ))
             })?;
         if let Some(token) = raw_values[SECURITY_TOKEN] {
             let token = decode_value(token, KEYS[SECURITY_TOKEN])?;
             if token.is_empty() {
-                return Err(malformed("X-Amz-Security-Token is empty"));
+                return Err(Error::malformed_request("X-Amz-Security-Token is empty"));
             }
         }
         if credential.region != endpoint.signing_region() {
-            return Err(malformed(format!(
+            return Err(Error::malformed_request(format!(
                 "the URL is signed for region {} but {} signs as {}",
                 quoted_shown(credential.region),
                 endpoint.host(),
@@ -248,17 +252,19 @@ impl PresignedUrl {
         let signed = sigv4::parse_signed_headers(&signed_text)?;
         let configured = policy.challenge_header.as_str();
         if !signed.contains(&"host") {
-            return Err(malformed("host is not among X-Amz-SignedHeaders"));
+            return Err(Error::malformed_request("host is not among X-Amz-SignedHeaders"));
         }
         if let Some(other) = signed.iter().find(|&&n| n != "host" && n != EKS_CHALLENGE_HEADER && n != configured) {
-            return Err(malformed(format!(
+            return Err(Error::malformed_request(format!(
                 "X-Amz-SignedHeaders holds {}, which the server cannot reproduce",
                 quoted_shown(other)
             )));
         }
         let challenge_header = match (signed.contains(&EKS_CHALLENGE_HEADER), signed.contains(&configured)) {
             (true, true) if configured != EKS_CHALLENGE_HEADER => {
-                return Err(malformed(format!("the URL signs both {EKS_CHALLENGE_HEADER} and {configured}; sign one")));
+                return Err(Error::malformed_request(format!(
+                    "the URL signs both {EKS_CHALLENGE_HEADER} and {configured}; sign one"
+                )));
             }
             (true, _) => EKS_CHALLENGE_HEADER,
             (false, true) => configured,

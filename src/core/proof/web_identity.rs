@@ -53,10 +53,6 @@ pub const AWS_CLAIMS_NAMESPACE: &str = "https://sts.amazonaws.com/";
 /// The longest audience STS accepts (`Audience.member.N`, 1 to 1000 characters).
 const MAX_AUDIENCE_LEN: usize = 1000;
 
-fn malformed(detail: impl Into<String>) -> Error {
-    Error::about_request(ErrorKind::MalformedRequest, detail)
-}
-
 fn untrusted(detail: impl Into<String>) -> Error {
     Error::new(ErrorKind::UntrustedEndpoint, detail)
 }
@@ -365,17 +361,17 @@ fn membership(org_id: Option<&str>, ou_path: Option<&str>) -> Result<Membership,
     let (org, path) = match (org_id, ou_path) {
         (None, None) => return Ok(Membership::NotInOrganization),
         (Some(o), Some(p)) => (o, p),
-        _ => return Err(malformed("the token has one of org_id and ou_path without the other")),
+        _ => return Err(Error::malformed_request("the token has one of org_id and ou_path without the other")),
     };
     if !is_org_id(org) {
-        return Err(malformed("org_id is not an organization id"));
+        return Err(Error::malformed_request("org_id is not an organization id"));
     }
     let segments: Vec<&str> = path.strip_suffix('/').unwrap_or("").split('/').collect();
     let (Some(&first), Some(&root)) = (segments.first(), segments.get(1)) else {
-        return Err(malformed("ou_path is not o-…/r-…/…/"));
+        return Err(Error::malformed_request("ou_path is not o-…/r-…/…/"));
     };
     if first != org {
-        return Err(malformed("ou_path names another organization than org_id"));
+        return Err(Error::malformed_request("ou_path names another organization than org_id"));
     }
     let id_ok = |s: &str, prefix: &str| {
         s.strip_prefix(prefix).is_some_and(|r| {
@@ -383,7 +379,7 @@ fn membership(org_id: Option<&str>, ou_path: Option<&str>) -> Result<Membership,
         })
     };
     if !id_ok(root, "r-") || !segments[2..].iter().all(|s| id_ok(s, "ou-")) {
-        return Err(malformed("ou_path is not o-…/r-…/ou-…/…/"));
+        return Err(Error::malformed_request("ou_path is not o-…/r-…/ou-…/…/"));
     }
     Ok(Membership::member(org, segments[1..].iter().rev().map(|s| (*s).to_owned()).collect()))
 }
@@ -400,25 +396,31 @@ impl UncheckedToken {
         now: SystemTime,
     ) -> Result<Self, Error> {
         if raw.len() > MAX_WEB_IDENTITY_TOKEN_BYTES {
-            return Err(malformed(format!("web identity token is longer than {MAX_WEB_IDENTITY_TOKEN_BYTES} bytes")));
+            return Err(Error::malformed_request(format!(
+                "web identity token is longer than {MAX_WEB_IDENTITY_TOKEN_BYTES} bytes"
+            )));
         }
-        let text = std::str::from_utf8(raw).map_err(|_| malformed("web identity token is not ASCII"))?;
+        let text = std::str::from_utf8(raw).map_err(|_| Error::malformed_request("web identity token is not ASCII"))?;
         let mut parts = text.split('.');
         let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(malformed("web identity token is not a JWT (three base64url parts)"));
+            return Err(Error::malformed_request("web identity token is not a JWT (three base64url parts)"));
         };
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let decode = |part: &str, what: &str| {
-            b64.decode(part).map_err(|_| malformed(format!("the JWT's {what} is not unpadded base64url")))
+            b64.decode(part)
+                .map_err(|_| Error::malformed_request(format!("the JWT's {what} is not unpadded base64url")))
         };
         let (header, payload, signature) = (decode(h, "header")?, decode(p, "payload")?, decode(s, "signature")?);
-        let header: Header = serde_json::from_slice(&header)
-            .map_err(|_| malformed("the JWT header is not JSON with a known alg (RS256 or ES384 are accepted)"))?;
+        let header: Header = serde_json::from_slice(&header).map_err(|_| {
+            Error::malformed_request("the JWT header is not JSON with a known alg (RS256 or ES384 are accepted)")
+        })?;
         let alg = match header.alg {
             Algorithm::RS256 => Alg::Rs256,
             Algorithm::ES384 => Alg::Es384,
             other => {
-                return Err(malformed(format!("the JWT is signed with {other:?}; only RS256 and ES384 are accepted")));
+                return Err(Error::malformed_request(format!(
+                    "the JWT is signed with {other:?}; only RS256 and ES384 are accepted"
+                )));
             }
         };
         // Only the pinned issuer's JWKS counts: a header that names a key or where to get one is
@@ -431,43 +433,50 @@ impl UncheckedToken {
             (header.crit.is_some(), "crit"),
         ] {
             if present {
-                return Err(malformed(format!(
+                return Err(Error::malformed_request(format!(
                     "the JWT header has {name}; keys come from the pinned issuer's JWKS only"
                 )));
             }
         }
-        let kid = header.kid.filter(|k| !k.is_empty()).ok_or_else(|| malformed("the JWT header has no kid"))?;
+        let kid = header
+            .kid
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| Error::malformed_request("the JWT header has no kid"))?;
         if kid.len() > 256 {
-            return Err(malformed("the JWT kid is longer than 256 characters"));
+            return Err(Error::malformed_request("the JWT kid is longer than 256 characters"));
         }
         let claims: Claims = serde_json::from_slice(&payload)
-            .map_err(|e| malformed(format!("the JWT claims are not what STS issues: {e}")))?;
+            .map_err(|e| Error::malformed_request(format!("the JWT claims are not what STS issues: {e}")))?;
 
         // Lifetime.
         if claims.exp <= claims.iat || claims.exp - claims.iat > MAX_WEB_IDENTITY_LIFETIME.as_secs() {
-            return Err(malformed(format!(
+            return Err(Error::malformed_request(format!(
                 "the token's lifetime (exp - iat) is not 1 to {} seconds",
                 MAX_WEB_IDENTITY_LIFETIME.as_secs()
             )));
         }
 
         // The account, named consistently.
-        let account =
-            AccountId::parse(&claims.aws.aws_account).ok_or_else(|| malformed("aws_account is not 12 digits"))?;
+        let account = AccountId::parse(&claims.aws.aws_account)
+            .ok_or_else(|| Error::malformed_request("aws_account is not 12 digits"))?;
         let mode = claims.subject_mode.as_deref().or(claims.aws.subject_mode.as_deref());
         let principal = match (&claims.aws.principal_id, mode) {
             (Some(p), _) => p.as_str(),
             (None, None | Some("AWSIdentity")) if claims.sub.starts_with("arn:") => claims.sub.as_str(),
-            _ => return Err(malformed("the token names no principal ARN (principal_id)")),
+            _ => return Err(Error::malformed_request("the token names no principal ARN (principal_id)")),
         };
-        let arn = Arn::parse(principal).map_err(|e| malformed(format!("principal_id is not a principal ARN: {e}")))?;
+        let arn = Arn::parse(principal)
+            .map_err(|e| Error::malformed_request(format!("principal_id is not a principal ARN: {e}")))?;
         if arn.account() != &account {
-            return Err(malformed("the token's claims disagree on the account (aws_account, principal_id)"));
+            return Err(Error::malformed_request(
+                "the token's claims disagree on the account (aws_account, principal_id)",
+            ));
         }
         if claims.sub.starts_with("arn:") && mode.is_none_or(|m| m == "AWSIdentity") {
-            let sub = Arn::parse(&claims.sub).map_err(|e| malformed(format!("sub is not a principal ARN: {e}")))?;
+            let sub = Arn::parse(&claims.sub)
+                .map_err(|e| Error::malformed_request(format!("sub is not a principal ARN: {e}")))?;
             if sub.account() != &account {
-                return Err(malformed("the token's claims disagree on the account (aws_account, sub)"));
+                return Err(Error::malformed_request("the token's claims disagree on the account (aws_account, sub)"));
             }
         }
 
@@ -573,7 +582,7 @@ impl UncheckedToken {
             Alg::Es384 => KeyAlgorithm::ES384,
         };
         if key_alg.is_some_and(|a| a != wanted) {
-            return Err(malformed(format!(
+            return Err(Error::malformed_request(format!(
                 "the JWT's alg {:?} is not the alg of key {}",
                 self.alg,
                 quoted_shown(&self.kid)
@@ -589,7 +598,7 @@ impl UncheckedToken {
                 UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point).verify(msg, &self.signature).is_ok()
             }
             _ => {
-                return Err(malformed(format!(
+                return Err(Error::malformed_request(format!(
                     "the JWT's alg {:?} does not fit key {} (an RSA key signs RS256, a P-384 key ES384)",
                     self.alg,
                     quoted_shown(&self.kid)
