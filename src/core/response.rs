@@ -209,6 +209,7 @@ pub fn parse_sts_response(status: u16, content_type: Option<&str>, body: &[u8]) 
 /// Whether an STS answer says that STS is throttling the caller: HTTP 429, or a 4xx whose error
 /// code is `Throttling`, `ThrottlingException`, `RequestLimitExceeded` or
 /// `TooManyRequestsException`. Unlike a 5xx (STS failing), this is a reason to send less.
+#[cfg(feature = "io")]
 pub(crate) fn is_throttling_answer(answer: &HttpAnswer) -> bool {
     if answer.status == 429 {
         return true;

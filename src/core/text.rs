@@ -52,6 +52,8 @@ pub(crate) fn quoted_name(name: &str) -> String {
 
 /// `text` with every byte outside RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`), and
 /// outside `keep`, written as `%XX` (uppercase hex): SigV4's URI encoding with `keep` empty.
+/// Its callers (the presigner, the emulator, the certificate SANs) are all behind `io`.
+#[cfg_attr(not(feature = "io"), allow(dead_code))]
 pub(crate) fn percent_encode(text: &str, keep: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(text.len());

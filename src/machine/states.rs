@@ -349,7 +349,8 @@ impl MembershipQuery {
         decide(&self.token, self.answer, by_organization.or(self.plain))
     }
 
-    /// The identity, for a refusal when the lookup failed.
+    /// The identity, for a refusal when the lookup failed (the I/O edge's lookup).
+    #[cfg_attr(not(feature = "io"), allow(dead_code))]
     pub(crate) fn into_identity(self) -> CallerIdentity {
         self.answer.identity
     }

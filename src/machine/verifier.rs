@@ -54,6 +54,7 @@ pub(crate) struct Config {
     /// The I/O edge's part of the configuration (transport, replay guard, Organizations client,
     /// retries, deadline), held opaquely: this layer knows nothing of I/O, the edge reads its
     /// own type back (`io::driver`).
+    #[cfg_attr(not(feature = "io"), allow(dead_code))]
     pub(crate) extension: Option<Arc<dyn Any + Send + Sync>>,
 }
 
@@ -136,6 +137,8 @@ impl Verifier {
         }
     }
 
+    /// The configuration, for the I/O edge to read its own part back.
+    #[cfg_attr(not(feature = "io"), allow(dead_code))]
     pub(crate) fn config(&self) -> &Config {
         &self.shared.config
     }
