@@ -9,14 +9,14 @@ refusals without credentials.
 Usage: credentials_interop.py PATH_TO_IAM_JOIN_BINARY
 Starts the emulator and the service on 127.0.0.1 and stops them. Needs no internet.
 """
-import json, os, re, signal, subprocess, sys, tempfile, time, urllib.request
+import json, os, re, subprocess, sys, tempfile, time, urllib.request
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from harness import Tally, free_port, http_json, start_emulator, wait_for
+from harness import Tally, free_port, http_json, start_emulator, stop, wait_for
 
 IAM_JOIN = sys.argv[1]
 AUDIENCE = "https://apps.example.com"
@@ -68,10 +68,6 @@ def main():
             procs.append(p)
             wait_for(serve_port)
             return p
-
-        def stop(p):
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=15)
 
         agent_env = {"PATH": os.environ["PATH"], "AWS_ACCESS_KEY_ID": exports["AWS_ACCESS_KEY_ID"],
                      "AWS_SECRET_ACCESS_KEY": exports["AWS_SECRET_ACCESS_KEY"], "AWS_REGION": "us-east-1",
@@ -177,9 +173,7 @@ def main():
               re.search(r'iam_join_credentials_issued_total\{type="jwt"\} 2', metrics), "\n".join(l for l in metrics.splitlines() if "credentials" in l))
 
         # Restart: the stored identity is reused with the service (and STS) stopped.
-        stop(svc)
-        emu.send_signal(signal.SIGTERM)
-        emu.wait(timeout=10)
+        stop(svc, emu)
         code, out, err, took = join("--identity-dir", ident)
         check("with the service and STS stopped, join --identity-dir exits 0 with the stored identity",
               code == 0 and json.loads(out)["identity"]["arn"] == "arn:aws:iam::111111111111:user/ci-deployer", f"{code} {out} {err}")
@@ -197,10 +191,7 @@ def main():
         code, out, err, _ = join("--identity-dir", ident)
         check("  restored, it is used again", code == 0, err)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(timeout=10)
+        stop(*procs)
     return tally.summary()
 
 

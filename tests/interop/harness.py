@@ -74,3 +74,12 @@ def start_emulator(iam_join, port, work):
             break
     wait_for(port)
     return emu, exports
+
+
+def stop(*procs):
+    """Stops the processes a script started (SIGTERM to each still running, then waits)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        p.wait(timeout=20)

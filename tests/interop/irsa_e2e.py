@@ -22,7 +22,7 @@ import base64, json, os, subprocess, sys, tempfile, time, urllib.request
 
 import boto3
 
-from harness import Tally, free_port, start_moto, wait_for
+from harness import Tally, free_port, start_moto, stop, wait_for
 
 IAM_JOIN = sys.argv[1]
 tally = Tally()
@@ -171,12 +171,7 @@ spec:
         check("revoked temporary credentials: refused as signature_rejected (403)",
               status == 403 and answer.get("error", {}).get("kind") == "signature_rejected", f"{status}: {answer}")
     finally:
-        for p in services:
-            p.terminate()
-        for p in services:
-            p.wait(timeout=20)
-        moto.terminate()
-        moto.wait(timeout=10)
+        stop(*services, moto)
     return tally.summary()
 
 

@@ -16,7 +16,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from harness import Tally, free_port, start_moto
+from harness import Tally, free_port, start_moto, stop
 
 IAM_JOIN = sys.argv[1]
 BODY = "Action=GetCallerIdentity&Version=2011-06-15"
@@ -211,8 +211,7 @@ spec:
         org_join("organization AND account field: other account, not_allowed (no lookup needed)",
                  f"  - aws_organization_id: {org_id}\n    aws_account: \"111122223333\"\n", "not_allowed")
     finally:
-        moto.terminate()
-        moto.wait(timeout=10)
+        stop(moto)
     return tally.summary()
 
 

@@ -11,11 +11,11 @@ checker, and PyJWT (with `cryptography`) verifies the emulator's tokens against 
 Usage: proofs_interop.py PATH_TO_IAM_JOIN_BINARY PATH_TO_AWS_CLI
 Starts the emulator and the service on 127.0.0.1 and stops them. Needs no internet.
 """
-import base64, datetime, json, os, re, signal, subprocess, sys, tempfile, urllib.parse, urllib.request
+import base64, datetime, json, os, re, subprocess, sys, tempfile, urllib.parse, urllib.request
 
 import botocore.auth, botocore.awsrequest, botocore.credentials, boto3, jwt
 
-from harness import Tally, free_port, http_json, start_emulator, wait_for
+from harness import Tally, free_port, http_json, start_emulator, stop, wait_for
 
 IAM_JOIN, AWS = sys.argv[1], sys.argv[2]
 AUDIENCE = "https://join.example.com"
@@ -178,8 +178,7 @@ def main():
         # 3. STS (and the issuer) stopped: a join still verifies from the cached keys.
         c = challenge()
         late = web_token(c)
-        emu.send_signal(signal.SIGTERM)
-        emu.wait(timeout=10)
+        stop(emu)
         status, out = join({"token": "kube-agent", "challenge": c, "web_identity_token": late})
         check("with the emulator's STS stopped, a web identity join is allowed from the cached JWKS",
               status == 200 and out.get("allowed") is True, f"{status} {out}")
@@ -188,10 +187,7 @@ def main():
         check("  while a presigned join, which needs STS, is refused as retryable sts_unavailable",
               status == 503 and out["error"]["kind"] == "sts_unavailable" and out["error"]["retryable"] is True, f"{status} {out}")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(timeout=10)
+        stop(*procs)
     return tally.summary()
 
 
