@@ -41,16 +41,21 @@ pub(crate) async fn read_message(s: &mut TcpStream) -> Option<Vec<u8>> {
 
 /// A whole HTTP/1.1 response with a `Content-Length` body.
 pub(crate) fn reply(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
-    let head = format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", body.len());
-    [head.as_bytes(), body].concat()
+    reply_with(status, content_type, &[], body)
 }
 
 /// [`reply`] with `Connection: close`, for handlers that close the connection after answering.
 pub(crate) fn reply_and_close(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
-    let head = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    reply_with(status, content_type, &[("Connection", "close")], body)
+}
+
+/// [`reply`] with more headers (`Retry-After`, `Connection`).
+pub(crate) fn reply_with(status: u16, content_type: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut head = format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     [head.as_bytes(), body].concat()
 }
 

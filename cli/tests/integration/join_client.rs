@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::common::loopback::{Loopback, reply};
+use crate::common::loopback::{Loopback, reply, reply_with};
 use crate::service::agent_command;
 
 const CHALLENGE: &str = "v1.k1.1800000300.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
@@ -218,15 +218,14 @@ async fn a_rate_limited_agent_waits_for_retry_after() {
                 t.push(Instant::now());
                 if t.len() == 1 {
                     let body = json!({"allowed": false, "token": "", "error": {"kind": "rate_limited",
-                        "message": "too many requests from this address", "retryable": true}, "identity": null})
-                    .to_string();
-                    format!(
-                        "HTTP/1.1 429 X\r\nContent-Type: application/json\r\nRetry-After: 2\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .into_bytes()
+                        "message": "too many requests from this address", "retryable": true}, "identity": null});
+                    reply_with(429, "application/json", &[("Retry-After", "2")], body.to_string().as_bytes())
                 } else {
-                    reply(200, "application/json", json!({"challenge": CHALLENGE, "expires_at": "2027-01-15T08:00:00Z"}).to_string().as_bytes())
+                    reply(
+                        200,
+                        "application/json",
+                        json!({"challenge": CHALLENGE, "expires_at": "2027-01-15T08:00:00Z"}).to_string().as_bytes(),
+                    )
                 }
             } else {
                 let body = json!({"allowed": false, "token": "iam-token",
