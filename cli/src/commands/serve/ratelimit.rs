@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 
@@ -79,7 +79,6 @@ impl From<IpAddr> for ClientKey {
 pub(crate) struct ClientLimits {
     limiter: Option<DefaultKeyedRateLimiter<ClientKey>>,
     trusted: Vec<IpNet>,
-    clock: DefaultClock,
     started: std::time::Instant,
     /// When the limiter, full, was last pruned (ms since `started`).
     last_full_prune: AtomicU64,
@@ -91,13 +90,7 @@ impl ClientLimits {
             let burst = NonZeroU32::new(limit.burst).unwrap_or(rate);
             DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
-        Self {
-            limiter,
-            trusted,
-            clock: DefaultClock::default(),
-            started: std::time::Instant::now(),
-            last_full_prune: AtomicU64::new(0),
-        }
+        Self { limiter, trusted, started: std::time::Instant::now(), last_full_prune: AtomicU64::new(0) }
     }
 
     pub(crate) fn enabled(&self) -> bool {
@@ -115,13 +108,14 @@ impl ClientLimits {
         }
         let mut client = peer;
         // Several headers read as one list, in order; walked from the right.
-        let entries: Vec<&str> = headers
+        let entries = headers
             .get_all("x-forwarded-for")
             .iter()
+            .rev()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        for entry in entries.iter().rev().take(MAX_FORWARDED_HOPS) {
+            .flat_map(|v| v.rsplit(','))
+            .take(MAX_FORWARDED_HOPS);
+        for entry in entries {
             let Some(ip) = parse_forwarded(entry.trim()) else { break };
             client = ip;
             if !self.is_trusted(ip) {
@@ -153,7 +147,7 @@ impl ClientLimits {
                 key = ClientKey::Overflow;
             }
         }
-        limiter.check_key(&key).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        limiter.check_key(&key).map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
     /// Drops the state of clients idle long enough to be fresh again.
