@@ -418,27 +418,23 @@ impl RedisReplayGuard {
             attempt += 1;
             let once = async {
                 let mut conn = self.connection().await?;
-                let result = self.claim_once(&mut conn, key, &value, ttl_ms, attempt > 1).await;
-                if let Err(ClaimFailure::Redis(e)) = &result
-                    && reconnect_after(e)
-                {
-                    self.forget();
-                }
-                result
+                self.claim_once(&mut conn, key, &value, ttl_ms, attempt > 1).await
             };
             let result = tokio::time::timeout(budget, once).await;
-            let retryable = match &result {
+            // A dead connection, a demoted primary or no answer in time: a new connection (the
+            // primary the Sentinels name now) may fix it, for this claim's retry or the next.
+            let reconnect = match &result {
                 Ok(Ok(claimed)) => return Ok(*claimed),
                 Ok(Err(ClaimFailure::Redis(e))) => reconnect_after(e),
                 // Too few replicas: the claim stands on the primary; the join fails closed.
                 Ok(Err(ClaimFailure::Replicas(..))) => false,
                 Err(_) => true,
             };
-            if attempt == 1 && retryable {
-                if result.is_err() {
-                    self.forget();
+            if reconnect {
+                self.forget();
+                if attempt == 1 {
+                    continue;
                 }
-                continue;
             }
             return Err(match result {
                 Ok(Err(ClaimFailure::Redis(e))) => {
